@@ -1,0 +1,298 @@
+"""Building-block layers shared by towers, fusions and the model builder.
+
+Everything here uses `keras.ops` only, so the layers run on the TensorFlow,
+JAX and PyTorch backends. keras-hub has a TransformerEncoder and position
+embedding of its own, but importing keras_hub imports TensorFlow, which the
+JAX-only benchmark machines do not have; hence the small versions below.
+"""
+
+import keras
+from keras import ops
+from keras.applications import imagenet_utils
+
+PREPROCESSING_MODES = ("caffe", "tf", "torch")
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class ImagePreprocessing(keras.layers.Layer):
+    """A keras.applications family's `preprocess_input`, as a layer.
+
+    Keeps the family's own preprocessing inside the model, so the model takes
+    raw 0-255 RGB pixels.
+
+    Args:
+        mode: `"caffe"` (RGB to BGR, ImageNet mean subtracted: VGG, ResNet),
+            `"tf"` (scaled to [-1, 1]: ResNetV2) or `"torch"` (scaled to
+            [0, 1], ImageNet mean and std).
+    """
+
+    def __init__(self, mode, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"`mode` must be one of {list(PREPROCESSING_MODES)}. "
+                f"Received: mode={mode!r}"
+            )
+        self.mode = mode
+
+    def call(self, images):
+        images = ops.cast(images, self.compute_dtype)
+        return imagenet_utils.preprocess_input(
+            images, data_format="channels_last", mode=self.mode
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class PaddingMask(keras.layers.Layer):
+    """`True` where a token is real, `False` where it is padding (id 0)."""
+
+    def call(self, tokens):
+        return ops.not_equal(tokens, 0)
+
+    def compute_output_spec(self, tokens):
+        return keras.KerasTensor(tokens.shape, dtype="bool")
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class MaskedPooling(keras.layers.Layer):
+    """Mean or max over a sequence's steps, ignoring masked steps.
+
+    An all-masked sequence pools to zeros rather than NaN or -inf.
+
+    Args:
+        mode: `"mean"` or `"max"`.
+
+    Call arguments:
+        sequence: `(batch, steps, features)`.
+        mask: optional `(batch, steps)` boolean; `None` pools every step.
+    """
+
+    def __init__(self, mode="mean", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("mean", "max"):
+            raise ValueError(
+                f"`mode` must be one of ['max', 'mean']. Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.supports_masking = True
+
+    def call(self, sequence, mask=None):
+        if mask is None:
+            mask = ops.ones(ops.shape(sequence)[:2], dtype="bool")
+        weights = ops.cast(ops.expand_dims(mask, -1), sequence.dtype)
+        if self.mode == "mean":
+            total = ops.sum(sequence * weights, axis=1)
+            count = ops.maximum(ops.sum(weights, axis=1), 1.0)
+            return total / count
+        lowest = ops.cast(keras.config.epsilon() - 6e4, sequence.dtype)
+        masked = ops.where(ops.expand_dims(mask, -1), sequence, lowest)
+        pooled = ops.max(masked, axis=1)
+        has_any = ops.any(mask, axis=1, keepdims=True)
+        return ops.where(has_any, pooled, ops.zeros_like(pooled))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class ZeroMasked(keras.layers.Layer):
+    """Zero a sequence's masked steps; `mask` is `(batch, steps)` boolean."""
+
+    def call(self, sequence, mask):
+        return sequence * ops.cast(ops.expand_dims(mask, -1), sequence.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class PositionEmbedding(keras.layers.Layer):
+    """Learned position embeddings added to a sequence of token embeddings.
+
+    Args:
+        max_length: the longest sequence the layer accepts.
+    """
+
+    def __init__(self, max_length, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+
+    def build(self, input_shape):
+        if input_shape[1] is not None and input_shape[1] > self.max_length:
+            raise ValueError(
+                f"Sequences of length {input_shape[1]} exceed "
+                f"`max_length={self.max_length}`. Received: "
+                f"input_shape={input_shape}"
+            )
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.max_length, input_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+
+    def call(self, inputs):
+        length = ops.shape(inputs)[1]
+        positions = ops.cast(self.embeddings[:length], self.compute_dtype)
+        return inputs + ops.expand_dims(positions, 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "max_length": self.max_length}
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class TransformerEncoder(keras.layers.Layer):
+    """A pre-norm transformer encoder block with a padding mask.
+
+    Args:
+        num_heads: attention heads.
+        intermediate_dim: width of the feed-forward layer.
+        dropout: dropout rate after attention and feed-forward.
+
+    Call arguments:
+        sequence: `(batch, steps, features)`.
+        mask: optional `(batch, steps)` boolean; padded steps are never
+            attended to, so padding cannot change the real steps' outputs.
+    """
+
+    def __init__(self, num_heads, intermediate_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        if width % self.num_heads:
+            raise ValueError(
+                f"The feature size {width} must be divisible by "
+                f"`num_heads={self.num_heads}`. Received: input_shape={input_shape}"
+            )
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=1e-6, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.attention = keras.layers.MultiHeadAttention(
+            self.num_heads,
+            width // self.num_heads,
+            dropout=self.dropout,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.ffn_norm = keras.layers.LayerNormalization(
+            epsilon=1e-6, dtype=self.dtype_policy, name="ffn_norm"
+        )
+        self.ffn_inner = keras.layers.Dense(
+            self.intermediate_dim,
+            activation="gelu",
+            dtype=self.dtype_policy,
+            name="ffn_inner",
+        )
+        self.ffn_outer = keras.layers.Dense(
+            width, dtype=self.dtype_policy, name="ffn_outer"
+        )
+        self.dropout_layer = keras.layers.Dropout(self.dropout)
+        self.attention_norm.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+        self.ffn_norm.build(input_shape)
+        self.ffn_inner.build(input_shape)
+        self.ffn_outer.build((*input_shape[:-1], self.intermediate_dim))
+
+    def call(self, sequence, mask=None, training=None):
+        attention_mask = None
+        if mask is not None:
+            # (batch, 1, steps): every query may look at every real key.
+            attention_mask = ops.expand_dims(mask, 1)
+        x = self.attention_norm(sequence)
+        x = self.attention(x, x, attention_mask=attention_mask, training=training)
+        sequence = sequence + self.dropout_layer(x, training=training)
+        x = self.ffn_outer(self.ffn_inner(self.ffn_norm(sequence)))
+        return sequence + self.dropout_layer(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class ModalityDropout(keras.layers.Layer):
+    """While training, blank a whole modality of some examples at random.
+
+    With probability `rate` an example loses exactly one of its modalities,
+    chosen uniformly: its image becomes all zeros (a black image) or its
+    tokens become all padding (an empty text). At inference the layer passes
+    its inputs through, so a model trained with it still answers when an
+    image or a text is missing and sent blank in the same way.
+
+    Args:
+        rate: probability, in [0, 1), that an example loses a modality.
+        seed: optional seed.
+
+    Call arguments:
+        inputs: `[images, tokens]`; returned in the same order.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        # Raw pixels and token ids pass through in their own dtypes.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(
+                f"`rate` must be in [0, 1). Received: rate={rate}"
+            )
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        images, tokens = inputs
+        if not training or self.rate == 0.0:
+            return images, tokens
+        batch = ops.shape(images)[0]
+        draw = keras.random.uniform((batch,), seed=self.seed_generator)
+        # draw < rate / 2 drops the image, rate / 2 <= draw < rate the text.
+        drop_image = ops.less(draw, self.rate / 2)
+        drop_text = ops.logical_and(
+            ops.greater_equal(draw, self.rate / 2), ops.less(draw, self.rate)
+        )
+        images = ops.where(
+            ops.reshape(drop_image, (-1, 1, 1, 1)), ops.zeros_like(images), images
+        )
+        tokens = ops.where(
+            ops.reshape(drop_text, (-1, 1)), ops.zeros_like(tokens), tokens
+        )
+        return images, tokens
+
+    def compute_output_spec(self, inputs, training=None):
+        images, tokens = inputs
+        return (
+            keras.KerasTensor(images.shape, dtype=images.dtype),
+            keras.KerasTensor(tokens.shape, dtype=tokens.dtype),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}

@@ -1,0 +1,145 @@
+"""Image towers: keras.applications backbones and a small CNN."""
+
+import os
+
+import keras
+
+from mmzoo.layers import ImagePreprocessing
+from mmzoo.registry import IMAGE_TOWERS, check_choice
+
+# name -> (keras.applications constructor, preprocessing mode). `None` means
+# the application already rescales raw pixels inside its own graph
+# (MobileNetV3's and EfficientNet's `include_preprocessing`).
+_APPLICATIONS = {
+    "vgg16": ("VGG16", "caffe"),
+    "vgg19": ("VGG19", "caffe"),
+    "resnet50": ("ResNet50", "caffe"),
+    "resnet101": ("ResNet101", "caffe"),
+    "resnet152": ("ResNet152", "caffe"),
+    "resnet50v2": ("ResNet50V2", "tf"),
+    "mobilenet_v3_small": ("MobileNetV3Small", None),
+    "mobilenet_v3_large": ("MobileNetV3Large", None),
+    "efficientnet_b0": ("EfficientNetB0", None),
+}
+
+POOLINGS = ("avg", "max", None)
+MIN_IMAGE_SIZE = 32
+
+
+def build_image_tower(
+    name="small_cnn",
+    image_size=224,
+    weights=None,
+    pooling="avg",
+    trainable=True,
+    trainable_layers=None,
+    filters=(32, 64, 128),
+):
+    """Build an image tower: raw RGB pixels in, features out.
+
+    Args:
+        name: one of `mmzoo.list_image_towers()`.
+        image_size: height and width of the square input, at least 32.
+        weights: `None` (random), `"imagenet"` (downloads keras.applications'
+            weights) or the path to a local weights file for the backbone.
+        pooling: `"avg"` or `"max"` give (batch, D) features; `None` keeps the
+            (batch, h, w, D) grid, which cross-attention fusion needs.
+        trainable: `False` freezes the whole tower.
+        trainable_layers: fine-tune only the top N layers of the backbone,
+            freezing the rest. `None` leaves every layer trainable.
+        filters: `small_cnn` only: filters of its conv blocks, each followed
+            by a 2x2 max-pool.
+
+    Returns:
+        A functional `keras.Model` named `"image_tower"`, input `image`.
+
+    Example:
+
+    >>> tower = build_image_tower("small_cnn", image_size=64)
+    >>> tower.output.shape
+    (None, 128)
+    """
+    check_choice("image_tower", name, IMAGE_TOWERS)
+    check_choice("image_pooling", pooling, POOLINGS)
+    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}. "
+            f"Received: image_size={image_size!r}"
+        )
+    if weights is not None and weights != "imagenet":
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                "`image_weights` must be None, 'imagenet' or the path of a "
+                f"weights file. Received: image_weights={weights!r}, which "
+                "is not a file."
+            )
+    if trainable_layers is not None and (
+        not isinstance(trainable_layers, int) or trainable_layers < 0
+    ):
+        raise ValueError(
+            "`image_trainable_layers` must be None or a non-negative integer. "
+            f"Received: image_trainable_layers={trainable_layers!r}"
+        )
+
+    image = keras.Input((image_size, image_size, 3), name="image")
+    if name == "small_cnn":
+        backbone = _small_cnn(image_size, filters, weights)
+        x = backbone(image)
+    else:
+        constructor, mode = _APPLICATIONS[name]
+        x = image
+        if mode is not None:
+            x = ImagePreprocessing(mode, name="preprocessing")(x)
+        backbone = getattr(keras.applications, constructor)(
+            include_top=False,
+            weights=weights,
+            input_shape=(image_size, image_size, 3),
+            pooling=None,
+        )
+        x = backbone(x)
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    _set_trainable(backbone, trainable, trainable_layers)
+    return keras.Model(image, x, name="image_tower")
+
+
+def _small_cnn(image_size, filters, weights):
+    if weights == "imagenet":
+        raise ValueError(
+            "`small_cnn` has no pretrained weights: use image_weights=None or "
+            "a local weights file. Received: image_weights='imagenet'"
+        )
+    if not filters or 2 ** len(filters) > image_size:
+        raise ValueError(
+            f"`small_cnn` halves the image {len(filters)} times, which needs "
+            f"an image of at least {2 ** len(filters)} pixels. Received: "
+            f"image_size={image_size}, filters={filters}"
+        )
+    image = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescaling")(image)
+    for block, width in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(
+            width, 3, padding="same", use_bias=False, name=f"block{block}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    model = keras.Model(image, x, name="small_cnn")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _set_trainable(backbone, trainable, trainable_layers):
+    if not trainable:
+        backbone.trainable = False
+        return
+    if trainable_layers is None:
+        return
+    layers = backbone.layers
+    cutoff = max(len(layers) - trainable_layers, 0)
+    for index, layer in enumerate(layers):
+        layer.trainable = index >= cutoff
