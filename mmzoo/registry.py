@@ -141,11 +141,12 @@ def check_choice(argument, value, choices):
     if value in choices:
         return
     message = (
-        f"`{argument}` must be one of {sorted(choices)}. "
+        f"`{argument}` must be one of {sorted(choices, key=str)}. "
         f"Received: {argument}={value!r}."
     )
     if isinstance(value, str):
-        close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+        names = [choice for choice in choices if isinstance(choice, str)]
+        close = difflib.get_close_matches(value, names, n=3, cutoff=0.6)
         if close:
             message += " Did you mean " + " or ".join(map(repr, close)) + "?"
     raise ValueError(message)

@@ -62,7 +62,7 @@ def _mentions(config, prefix):
     return prefix in json.dumps(config)
 
 
-def _check_config(node, filepath, custom_names, path="model"):
+def _check_config(node, filepath, custom_names, path=""):
     if isinstance(node, list):
         for item in node:
             _check_config(item, filepath, custom_names, path)
@@ -73,7 +73,7 @@ def _check_config(node, filepath, custom_names, path="model"):
     if isinstance(class_name, str) and "config" in node:
         inner = node.get("config") or {}
         where = inner.get("name", "?") if isinstance(inner, dict) else "?"
-        location = f"{path}/{where}"
+        location = f"{path}/{where}" if path else where
         if class_name in ("Lambda", "TFSMLayer"):
             what = (
                 "Python code (a Lambda layer)"
