@@ -12,6 +12,7 @@ from mmzoo.fusion import GatedFusion
 from mmzoo.fusion import LateFusion
 from mmzoo.fusion import ModalityAttentionFusion
 from mmzoo.fusion import WeightedSumFusion
+from mmzoo.fusion.late import COMBINES as LATE_COMBINES
 from mmzoo.layers import ModalityDropout
 from mmzoo.layers import PaddingMask
 from mmzoo.registry import FUSIONS
@@ -83,7 +84,10 @@ def build_model(preset=None, /, **arguments):
 
     Args:
         preset: a preset name, or `None` to name the components.
-        image_tower: one of `mmzoo.list_image_towers()`. Default `small_cnn`.
+        image_tower: one of `mmzoo.list_image_towers()`, default
+            `small_cnn`; or a `keras.Model` of your own mapping raw
+            (batch, image_size, image_size, 3) pixels to (batch, D) features
+            (or a (batch, h, w, D) grid for cross-attention), used as is.
         text_tower: one of `mmzoo.list_text_towers()`. Default `bow`.
         fusion: one of `mmzoo.list_fusions()`. Default `concat`.
         task: `multiclass` (softmax), `multilabel` (sigmoid per class),
@@ -125,7 +129,8 @@ def build_model(preset=None, /, **arguments):
     Returns:
         A `keras.Model` with named inputs `image` (batch, H, W, 3; raw 0-255
         RGB) and `tokens` (batch, max_tokens; int32; 0 is padding), or `text`
-        (strings) for the `hub` tower. Unimodal baselines take both inputs and ignore one. Its outputs are the dict `{"probabilities": ...}`
+        (strings) for the `hub` tower. Unimodal baselines take both inputs
+        and ignore one. Its outputs are the dict `{"probabilities": ...}`
         (`"predictions"` for regression), plus `"modality_weights"` (batch,
         2) in [image, text] order for fusions that compute them. Outputs are
         float32 under any mixed-precision policy.
@@ -154,7 +159,8 @@ def build_model(preset=None, /, **arguments):
     size = config["image_size"]
     if not isinstance(size, int) or size < 32:
         raise ValueError(
-            f"`image_size` must be an integer of at least 32. Received: image_size={size!r}"
+            "`image_size` must be an integer of at least 32. "
+            f"Received: image_size={size!r}"
         )
     inputs = {"image": keras.Input((size, size, 3), name="image")}
     if config["text_tower"] == "hub":
@@ -180,15 +186,19 @@ def build_model(preset=None, /, **arguments):
 
     features = []
     if uses_image:
-        tower = build_image_tower(
-            config["image_tower"],
-            image_size=config["image_size"],
-            weights=config["image_weights"],
-            pooling=pooling,
-            trainable=not config["freeze_image_tower"],
-            trainable_layers=config["image_trainable_layers"],
-            filters=config["image_filters"],
-        )
+        tower = config["image_tower"]
+        if isinstance(tower, str):
+            tower = build_image_tower(
+                tower,
+                image_size=config["image_size"],
+                weights=config["image_weights"],
+                pooling=pooling,
+                trainable=not config["freeze_image_tower"],
+                trainable_layers=config["image_trainable_layers"],
+                filters=config["image_filters"],
+            )
+        else:
+            _check_custom_image_tower(tower, pooling, fusion)
         features.append(tower(image))
     text_mask = None
     if uses_text:
@@ -233,7 +243,11 @@ def build_model(preset=None, /, **arguments):
                 (cells.shape[1] * cells.shape[2], cells.shape[3]), name="image_cells"
             )(cells)
         layer = _fusion_layer(fusion, config, outputs_width)
-        fused = layer(features, masks=[None, text_mask]) if text_mask is not None else layer(features)
+        fused = (
+            layer(features, masks=[None, text_mask])
+            if text_mask is not None
+            else layer(features)
+        )
         if layer.returns_weights:
             fused, weights = fused
 
@@ -248,8 +262,11 @@ def build_model(preset=None, /, **arguments):
             "linear", dtype="float32", name="modality_weights"
         )(weights)
 
-    name = config["name"] or preset or "_".join(
-        (config["image_tower"], config["text_tower"], fusion)
+    image_name = config["image_tower"]
+    if not isinstance(image_name, str):
+        image_name = image_name.name
+    name = (
+        config["name"] or preset or "_".join((image_name, config["text_tower"], fusion))
     )
     model = keras.Model(inputs, outputs, name=name)
     if config["compile"]:
@@ -263,7 +280,9 @@ def _resolve(preset, arguments):
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, DEFAULTS, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints.append(
+                f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
         raise TypeError(
             "build_model() got unexpected keyword argument(s): "
             + ", ".join(hints)
@@ -273,10 +292,23 @@ def _resolve(preset, arguments):
     if preset is not None:
         config.update(get_preset(preset))
     config.update(arguments)
-    check_choice("image_tower", config["image_tower"], IMAGE_TOWERS)
+    if not isinstance(config["image_tower"], keras.Model):
+        check_choice("image_tower", config["image_tower"], IMAGE_TOWERS)
     check_choice("text_tower", config["text_tower"], TEXT_TOWERS)
     check_choice("fusion", config["fusion"], FUSIONS)
+    check_choice("late_combine", config["late_combine"], LATE_COMBINES)
     return config
+
+
+def _check_custom_image_tower(tower, pooling, fusion):
+    rank = 4 if pooling is None else 2
+    shape = tuple(tower.output.shape) if hasattr(tower, "output") else None
+    if shape is None or len(shape) != rank:
+        kind = "a (batch, h, w, D) grid" if rank == 4 else "(batch, D) features"
+        raise ValueError(
+            f"fusion={fusion!r} needs an image tower giving {kind}. Received: "
+            f"image_tower {tower.name!r} with output shape {shape}"
+        )
 
 
 def _image_pooling(config):

@@ -9,7 +9,10 @@ from mmzoo import registry
 
 def _list(args):
     sections = {
-        "models": ("Presets (mmzoo.build_model(NAME, num_classes=...))", registry.list_models),
+        "models": (
+            "Presets (mmzoo.build_model(NAME, num_classes=...))",
+            registry.list_models,
+        ),
         "image-towers": ("Image towers", registry.list_image_towers),
         "text-towers": ("Text towers", registry.list_text_towers),
         "fusions": ("Fusions", registry.list_fusions),
@@ -38,9 +41,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    listing = commands.add_parser(
-        "list", help="list presets, towers and fusions"
-    )
+    listing = commands.add_parser("list", help="list presets, towers and fusions")
     listing.add_argument(
         "what",
         nargs="?",

@@ -2,18 +2,30 @@
 
 import keras
 
-from mmzoo.registry import TASKS, check_choice
+from mmzoo.registry import TASKS
+from mmzoo.registry import check_choice
 
 # task -> (final activation, output name, Keras loss, metrics)
 _TASKS = {
-    "multiclass": ("softmax", "probabilities", "sparse_categorical_crossentropy",
-                   ["sparse_categorical_accuracy"]),
-    "multilabel": ("sigmoid", "probabilities", "binary_crossentropy",
-                   ["binary_accuracy"]),
-    "binary": ("sigmoid", "probabilities", "binary_crossentropy",
-               ["binary_accuracy"]),
-    "regression": ("linear", "predictions", "mean_squared_error",
-                   ["mean_absolute_error"]),
+    "multiclass": (
+        "softmax",
+        "probabilities",
+        "sparse_categorical_crossentropy",
+        ["sparse_categorical_accuracy"],
+    ),
+    "multilabel": (
+        "sigmoid",
+        "probabilities",
+        "binary_crossentropy",
+        ["binary_accuracy"],
+    ),
+    "binary": ("sigmoid", "probabilities", "binary_crossentropy", ["binary_accuracy"]),
+    "regression": (
+        "linear",
+        "predictions",
+        "mean_squared_error",
+        ["mean_absolute_error"],
+    ),
 }
 
 

@@ -90,7 +90,7 @@ class MaskedPooling(keras.layers.Layer):
             total = ops.sum(sequence * weights, axis=1)
             count = ops.maximum(ops.sum(weights, axis=1), 1.0)
             return total / count
-        lowest = ops.cast(keras.config.epsilon() - 6e4, sequence.dtype)
+        lowest = ops.cast(float("-inf"), sequence.dtype)
         masked = ops.where(ops.expand_dims(mask, -1), sequence, lowest)
         pooled = ops.max(masked, axis=1)
         has_any = ops.any(mask, axis=1, keepdims=True)
@@ -147,6 +147,12 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         length = ops.shape(inputs)[1]
+        if isinstance(length, int) and length > self.max_length:
+            raise ValueError(
+                f"Sequences of length {length} exceed "
+                f"`max_length={self.max_length}`. Received: "
+                f"inputs.shape={tuple(inputs.shape)}"
+            )
         positions = ops.cast(self.embeddings[:length], self.compute_dtype)
         return inputs + ops.expand_dims(positions, 0)
 
@@ -261,9 +267,7 @@ class ModalityDropout(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
-            raise ValueError(
-                f"`rate` must be in [0, 1). Received: rate={rate}"
-            )
+            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate}")
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -136,7 +136,8 @@ def check_choice(argument, value, choices):
     >>> check_choice("fusion", "gatd", FUSIONS)
     Traceback (most recent call last):
     ...
-    ValueError: `fusion` must be one of [...]. Received: fusion='gatd'. Did you mean 'gated'?
+    ValueError: `fusion` must be one of [...]. Received: fusion='gatd'. Did you
+    mean 'gated'?
     """
     if value in choices:
         return

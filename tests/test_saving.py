@@ -35,7 +35,10 @@ def test_lambda_layer_file_is_refused(tmp_path):
     outputs = keras.layers.Lambda(lambda x: x * 2, name="double")(inputs)
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
-    with pytest.raises(ValueError, match=r"layer '[^']*/double' is a Lambda, which would run Python code"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer '[^']*/double' is a Lambda, which would run Python code",
+    ):
         mmzoo.load_model(path)
 
 
@@ -52,7 +55,11 @@ def test_unknown_class_is_refused(tmp_path):
 
     forged = tmp_path / "forged.keras"
     _rewrite_config(path, forged, smuggle)
-    with pytest.raises(ValueError, match=r"'small_cnn_bow_concat/fusion' is of class 'Backdoor' from module 'evil.layers', which neither Keras nor mmzoo defines"):
+    with pytest.raises(
+        ValueError,
+        match=r"'small_cnn_bow_concat/fusion' is of class 'Backdoor' from module "
+        r"'evil.layers', which neither Keras nor mmzoo defines",
+    ):
         mmzoo.load_model(forged)
 
 
@@ -69,7 +76,9 @@ def test_nested_lambda_inside_a_tower_is_refused(tmp_path):
 
     forged = tmp_path / "forged.keras"
     _rewrite_config(path, forged, smuggle)
-    with pytest.raises(ValueError, match=r"'small_cnn_bow_concat/text_tower/pool' is a Lambda"):
+    with pytest.raises(
+        ValueError, match=r"'small_cnn_bow_concat/text_tower/pool' is a Lambda"
+    ):
         mmzoo.load_model(forged)
 
 

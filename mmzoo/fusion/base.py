@@ -45,8 +45,10 @@ class Fusion(keras.layers.Layer):
             )
         for index, shape in enumerate(shapes):
             if len(shape) != self.input_rank:
-                kind = "(batch, features)" if self.input_rank == 2 else (
-                    "(batch, steps, features)"
+                kind = (
+                    "(batch, features)"
+                    if self.input_rank == 2
+                    else ("(batch, steps, features)")
                 )
                 raise ValueError(
                     f"{name} expects every modality as {kind}. Received: "
@@ -64,8 +66,10 @@ def _as_shape_list(input_shape):
             "Fusion layers take a list of modality features, not a dict. "
             f"Received shapes: {input_shape}"
         )
-    if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
-        input_shape[0], (list, tuple)
+    if (
+        isinstance(input_shape, (list, tuple))
+        and input_shape
+        and isinstance(input_shape[0], (list, tuple))
     ):
         return [tuple(shape) for shape in input_shape]
     return [tuple(input_shape)]

@@ -57,8 +57,12 @@ class CrossAttentionFusion(Fusion):
             )
             projection.build(shape)
             self.projections.append(projection)
-        self.image_blocks = [self._block(f"image_block_{i}") for i in range(self.num_layers)]
-        self.text_blocks = [self._block(f"text_block_{i}") for i in range(self.num_layers)]
+        self.image_blocks = [
+            self._block(f"image_block_{i}") for i in range(self.num_layers)
+        ]
+        self.text_blocks = [
+            self._block(f"text_block_{i}") for i in range(self.num_layers)
+        ]
         self.pool = MaskedPooling("mean", dtype=self.dtype_policy)
 
     def _block(self, name):

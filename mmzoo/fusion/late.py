@@ -27,9 +27,11 @@ class LateFusion(Fusion):
         dropout: dropout before each head's output layer.
     """
 
-    def __init__(self, num_outputs, combine="average", units=None, dropout=0.0, **kwargs):
+    def __init__(
+        self, num_outputs, combine="average", units=None, dropout=0.0, **kwargs
+    ):
         super().__init__(**kwargs)
-        check_choice("late_combine", combine, COMBINES)
+        check_choice("combine", combine, COMBINES)
         self.num_outputs = num_outputs
         self.combine = combine
         self.units = units

@@ -85,9 +85,7 @@ class WeightedSumFusion(Fusion):
         super().__init__(**kwargs)
         self.units = units
         self.modality_weights = (
-            None
-            if modality_weights is None
-            else [float(w) for w in modality_weights]
+            None if modality_weights is None else [float(w) for w in modality_weights]
         )
 
     @property

@@ -5,7 +5,8 @@ import os
 import keras
 
 from mmzoo.layers import ImagePreprocessing
-from mmzoo.registry import IMAGE_TOWERS, check_choice
+from mmzoo.registry import IMAGE_TOWERS
+from mmzoo.registry import check_choice
 
 # name -> (keras.applications constructor, preprocessing mode). `None` means
 # the application already rescales raw pixels inside its own graph

@@ -5,9 +5,13 @@ bilstm, transformer. Pretrained encoders live in `mmzoo.towers.pretrained`.
 import keras
 import numpy as np
 
-from mmzoo.layers import MaskedPooling, PaddingMask, PositionEmbedding
-from mmzoo.layers import TransformerEncoder, ZeroMasked
-from mmzoo.registry import TEXT_TOWERS, check_choice
+from mmzoo.layers import MaskedPooling
+from mmzoo.layers import PaddingMask
+from mmzoo.layers import PositionEmbedding
+from mmzoo.layers import TransformerEncoder
+from mmzoo.layers import ZeroMasked
+from mmzoo.registry import TEXT_TOWERS
+from mmzoo.registry import check_choice
 from mmzoo.towers.glove import glove_embedding_matrix
 
 
@@ -108,15 +112,9 @@ def build_text_tower(
     else:
         sequence = x
         if embedding_dim != units:
-            sequence = keras.layers.Dense(units, name="embedding_projection")(
-                sequence
-            )
-        sequence = PositionEmbedding(max_tokens, name="position_embedding")(
-            sequence
-        )
-        sequence = keras.layers.Dropout(dropout, name="embedding_dropout")(
-            sequence
-        )
+            sequence = keras.layers.Dense(units, name="embedding_projection")(sequence)
+        sequence = PositionEmbedding(max_tokens, name="position_embedding")(sequence)
+        sequence = keras.layers.Dropout(dropout, name="embedding_dropout")(sequence)
         for index in range(num_layers):
             sequence = TransformerEncoder(
                 num_heads,
@@ -124,9 +122,9 @@ def build_text_tower(
                 dropout=dropout,
                 name=f"encoder_{index}",
             )(sequence, mask=mask)
-        sequence = keras.layers.LayerNormalization(
-            epsilon=1e-6, name="final_norm"
-        )(sequence)
+        sequence = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(
+            sequence
+        )
         pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
 
     tower = keras.Model(
