@@ -52,23 +52,26 @@ def loss_of(model, inputs, labels, training=False):
     return keras.ops.mean(loss)
 
 
+def gradients(model, inputs, labels, training=False):
+    """`(variable, gradient)` pairs of the loss on a batch."""
+    import tensorflow as tf  # harness is also imported by JAX-backend runs
+
+    with tf.GradientTape() as tape:
+        loss = loss_of(model, inputs, labels, training=training)
+    variables = model.trainable_variables
+    return list(zip(variables, tape.gradient(loss, variables)))
+
+
 def gradient_step(model, inputs, labels, learning_rate=0.01):
-    """One SGD step on the fixed batch; returns `(variable, gradient)` pairs.
+    """One SGD step on the fixed batch.
 
     The loss is taken in inference mode, the mode `assert_step_lowers_loss`
     measures it in (batch-norm statistics differ in training mode).
     """
-    import tensorflow as tf  # harness is also imported by JAX-backend runs
-
-    optimizer = keras.optimizers.SGD(learning_rate)
-    with tf.GradientTape() as tape:
-        loss = loss_of(model, inputs, labels)
-    variables = model.trainable_variables
-    gradients = tape.gradient(loss, variables)
-    optimizer.apply_gradients(
-        [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    pairs = gradients(model, inputs, labels)
+    keras.optimizers.SGD(learning_rate).apply_gradients(
+        [(g, v) for v, g in pairs if g is not None]
     )
-    return list(zip(variables, gradients))
 
 
 def assert_step_lowers_loss(model, inputs, labels):

@@ -13,6 +13,15 @@ from keras import ops
 from mmzoo.layers import MaskedPooling
 from mmzoo.layers import PaddingMask
 
+# keras-hub encoders whose vocabularies pad with id 0, as `tokens` does.
+# (RoBERTa and XLM-R pad with 1; decoders such as GPT-2 are not encoders.)
+_BERT_FAMILY = (
+    "BertBackbone",
+    "DistilBertBackbone",
+    "AlbertBackbone",
+    "ElectraBackbone",
+)
+
 # Strings the probe call sends through a TF-Hub module to learn its output
 # width and check that it maps a batch of strings to a batch of vectors.
 _PROBE_TEXTS = ("a short probe sentence", "")
@@ -31,8 +40,8 @@ def bert_tower(preset):
             `backbone.save_to_preset(...)`, a Hugging Face Transformers BERT
             directory (`config.json` + `model.safetensors`), or, when the
             network is reachable, a handle such as `"bert_tiny_en_uncased"`
-            or `"hf://..."`. Token id 0 must be padding, as in BERT's
-            WordPiece vocabulary.
+            or `"hf://..."`. It must hold a BERT, DistilBERT, ALBERT or
+            ELECTRA backbone: their vocabularies pad with id 0.
 
     Returns:
         A functional `keras.Model` named `"text_tower"` with input `tokens`
@@ -52,13 +61,16 @@ def bert_tower(preset):
     """
     backbone = _load_backbone(preset)
     backbone_inputs = backbone.input if isinstance(backbone.input, dict) else {}
-    missing = {"token_ids", "padding_mask"} - set(backbone_inputs)
-    if missing:
-        raise ValueError(
-            f"The keras-hub preset {preset!r} holds a "
-            f"{type(backbone).__name__}, which is not a BERT-family encoder: "
-            "text_tower='bert' needs a backbone taking `token_ids` and "
-            f"`padding_mask`. Its inputs: {sorted(backbone_inputs)}"
+
+    encoder = backbone
+    if isinstance(backbone.output, dict):
+        # Keep only the graph up to the sequence output. BERT's `[CLS]`
+        # pooler (`pooled_output`) is unused here, and its weights, left
+        # in, would get no gradients: a warning at every `fit` and optimizer
+        # slots for nothing. The layers, and their pretrained weights, are
+        # keras-hub's own.
+        encoder = keras.Model(
+            backbone.input, backbone.output["sequence_output"], name=backbone.name
         )
 
     # === Functional Model ===
@@ -69,8 +81,7 @@ def bert_tower(preset):
         # One text per example: every token is in segment 0. (DistilBERT-like
         # backbones have no segment embedding and take no segment ids.)
         inputs["segment_ids"] = ops.zeros_like(tokens)
-    outputs = backbone(inputs)
-    sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+    sequence = encoder(inputs)
     pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
     return keras.Model(
         tokens, {"sequence": sequence, "pooled": pooled}, name="text_tower"
@@ -86,14 +97,12 @@ def _load_backbone(preset):
             "model.safetensors), or a keras-hub preset handle when the "
             "network is reachable. Received: text_preset=None"
         )
-    preset = os.fspath(preset)
-    is_handle = "://" in preset
-    if not is_handle:
-        import keras_hub
+    import keras_hub
 
-        # A bare name is a built-in preset only if keras-hub knows it;
-        # anything else is meant as a local directory.
-        is_handle = preset in keras_hub.models.Backbone.presets
+    preset = os.fspath(preset)
+    # A bare name is a built-in preset only if keras-hub knows it; anything
+    # else without a scheme ("hf://", "kaggle://") is a local directory.
+    is_handle = "://" in preset or preset in keras_hub.models.Backbone.presets
     if not is_handle:
         if not os.path.isdir(preset):
             raise FileNotFoundError(
@@ -110,15 +119,31 @@ def _load_backbone(preset):
                 "model.weights.h5) or a Hugging Face BERT model "
                 "(config.json, model.safetensors)."
             )
-    import keras_hub
-
     try:
-        return keras_hub.models.Backbone.from_preset(preset)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
+        backbone = keras_hub.models.Backbone.from_preset(preset)
+    except (ValueError, KeyError, ImportError) as error:
         raise ValueError(
-            f"Could not load a keras-hub backbone from text_preset={preset!r}: "
-            f"{error}"
+            f"Could not load a keras-hub backbone from text_preset={preset!r}: {error}"
         ) from error
+    except OSError as error:
+        raise OSError(
+            f"Could not read or download the keras-hub preset {preset!r}: "
+            f"{error}. Without network access, pass a local preset directory."
+        ) from error
+    family = tuple(
+        getattr(keras_hub.models, name)
+        for name in _BERT_FAMILY
+        if hasattr(keras_hub.models, name)
+    )
+    if not isinstance(backbone, family):
+        raise ValueError(
+            f"The keras-hub preset {preset!r} holds a "
+            f"{type(backbone).__name__}; text_tower='bert' takes a BERT-family "
+            f"encoder ({', '.join(_BERT_FAMILY)}), whose WordPiece or "
+            "SentencePiece vocabulary pads with id 0, the padding id of the "
+            "`tokens` input."
+        )
+    return backbone
 
 
 def hub_tower(handle, trainable=True):
@@ -152,7 +177,8 @@ class HubTextEmbedding(keras.layers.Layer):
     `tensorflow_hub.KerasLayer` needs tf-keras and cannot sit inside a Keras 3
     model; this layer loads the module with `hub.load` and calls it. The
     module's own variables become the layer's weights, so `model.fit`
-    fine-tunes the module itself (see `_adopt`). TensorFlow backend only.
+    fine-tunes the module itself (see `_adopt_module_variables`).
+    TensorFlow backend only.
 
     Reloading a `.keras` file that holds this layer loads and runs the
     SavedModel named by `handle`, code from outside the file, so, like
@@ -208,7 +234,7 @@ class HubTextEmbedding(keras.layers.Layer):
         accepts_training = True
         try:
             result = self._module(probe, training=False)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, tf.errors.OpError):
             accepts_training = False
             try:
                 result = self._module(probe)
@@ -252,16 +278,15 @@ class HubTextEmbedding(keras.layers.Layer):
         """
         import tensorflow as tf
 
-        trainable, every = _module_variables(self._module, self.handle)
+        trainable, every = _module_variables(self._module, self._accepts_training)
         trainable_ids = {id(variable) for variable in trainable}
         # Track in the module's order, split by the *module's* trainability
         # (not the layer's), so the weights' order in a `.keras` file is the
         # same whether the layer was saved trainable or frozen.
         ordered = list(trainable) + [v for v in every if id(v) not in trainable_ids]
-        self._module_variables = []
         for index, module_variable in enumerate(ordered):
             name = module_variable.name.split(":")[0].replace("/", "_")
-            with tf.init_scope():
+            with tf.init_scope(), keras.name_scope(self.name):
                 variable = keras.Variable(
                     module_variable,
                     trainable=id(module_variable) in trainable_ids,
@@ -275,7 +300,6 @@ class HubTextEmbedding(keras.layers.Layer):
                     f"{self.handle!r} would train a copy. Use trainable=False."
                 )
             self._track_variable(variable)
-            self._module_variables.append(variable)
 
     def call(self, texts, training=None):
         if self._accepts_training:
@@ -325,39 +349,38 @@ def _load_hub_module(handle):
         return hub.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"Could not load a TF-Hub SavedModel from hub_handle={handle!r}: "
-            f"{error}"
+            f"Could not load a TF-Hub SavedModel from hub_handle={handle!r}: {error}"
         ) from error
 
 
-def _module_variables(module, handle):
-    """The module's (trainable, all) variables, without duplicates.
+def _module_variables(module, accepts_training):
+    """The module's (trainable, all) variables, in a fixed order.
 
     Reusable TF-Hub SavedModels list them as `trainable_variables` and
-    `variables`; a plain `tf.saved_model.save`d module may not, so the
-    variables its call function captures are used instead.
+    `variables`. A plain `tf.saved_model.save`d module does not, so take the
+    variables its call function captures (not every variable the module
+    holds: ones the call never reads would get no gradients), or, if that
+    function cannot be looked up, every variable reachable from the module.
     """
-    trainable = list(getattr(module, "trainable_variables", None) or [])
-    every = list(getattr(module, "variables", None) or [])
-    if not every:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        call = getattr(module, "__call__", None)
+    every = list(getattr(module, "variables", None) or [])
+    if every:
+        trainable = list(getattr(module, "trainable_variables", None) or [])
+    else:
+        kwargs = {"training": False} if accepts_training else {}
         try:
-            concrete = call.get_concrete_function(
-                tf.TensorSpec([None], tf.string)
+            concrete = module.__call__.get_concrete_function(
+                tf.TensorSpec([None], tf.string), **kwargs
             )
-        except (AttributeError, TypeError, ValueError):
-            concrete = None
-        if concrete is not None:
             every = list(concrete.variables)
-            if not trainable:
-                trainable = list(concrete.trainable_variables)
-    seen = set()
-    unique = []
-    for variable in trainable + every:
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            unique.append(variable)
+        except (AttributeError, TypeError, ValueError):
+            every = [
+                node
+                for node in tf.train.TrackableView(module).descendants()
+                if isinstance(node, tf.Variable)
+            ]
+        trainable = [variable for variable in every if variable.trainable]
+    unique = list({id(variable): variable for variable in trainable + every}.values())
     trainable_ids = {id(variable) for variable in trainable}
     return [v for v in unique if id(v) in trainable_ids], unique
