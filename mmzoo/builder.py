@@ -22,6 +22,7 @@ from mmzoo.registry import check_choice
 from mmzoo.registry import get_preset
 from mmzoo.towers import build_image_tower
 from mmzoo.towers import build_text_tower
+from mmzoo.towers.image import check_image_size
 
 # Every argument `build_model` takes, with its default. A preset overrides
 # some of these; keywords given to `build_model` override both.
@@ -157,11 +158,7 @@ def build_model(preset=None, /, **arguments):
     # Unimodal baselines take both inputs too (ignoring one), so that every
     # zoo model fits the same data pipeline and serving signature.
     size = config["image_size"]
-    if not isinstance(size, int) or size < 32:
-        raise ValueError(
-            "`image_size` must be an integer of at least 32. "
-            f"Received: image_size={size!r}"
-        )
+    check_image_size(size)
     inputs = {"image": keras.Input((size, size, 3), name="image")}
     if config["text_tower"] == "hub":
         inputs["text"] = keras.Input((), dtype="string", name="text")

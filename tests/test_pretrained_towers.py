@@ -25,6 +25,15 @@ from mmzoo.towers import build_text_tower
 from mmzoo.towers.pretrained import HubTextEmbedding
 
 HIDDEN = 16
+# A tiny encoder for every keras-hub backbone the tests build.
+TINY_BACKBONE = {
+    "vocabulary_size": 50,
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": HIDDEN,
+    "intermediate_dim": 32,
+    "max_sequence_length": 32,
+}
 BUCKETS = 32
 HUB_DIM = 6
 TEXTS = ["A red square", "a BLUE circle on the left", "", "red red red"]
@@ -36,14 +45,7 @@ TEXTS = ["A red square", "a BLUE circle on the left", "", "red red red"]
 @pytest.fixture(scope="module")
 def bert_preset(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=HIDDEN,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
+    backbone = keras_hub.models.BertBackbone(**{**TINY_BACKBONE, "num_layers": 2})
     # `Backbone.from_preset` needs only the backbone's config and weights;
     # a tokenizer in the preset would serve callers that tokenize, not us.
     directory = tmp_path_factory.mktemp("presets") / "tiny_bert"
@@ -171,14 +173,7 @@ def test_bert_tower_padding_invariance(bert_preset):
 
 
 def test_bert_tower_without_segment_ids(tmp_path):
-    backbone = keras_hub.models.DistilBertBackbone(
-        vocabulary_size=50,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=HIDDEN,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
+    backbone = keras_hub.models.DistilBertBackbone(**TINY_BACKBONE)
     assert "segment_ids" not in backbone.input
     backbone.save_to_preset(str(tmp_path / "distil"))
 
@@ -204,14 +199,7 @@ def test_bert_tower_errors(tmp_path):
         build_text_tower("bert", preset=str(empty))
 
     # RoBERTa pads with id 1, so `tokens` (0 is padding) would mask it wrongly.
-    roberta = keras_hub.models.RobertaBackbone(
-        vocabulary_size=50,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=HIDDEN,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
+    roberta = keras_hub.models.RobertaBackbone(**TINY_BACKBONE)
     roberta.save_to_preset(str(tmp_path / "roberta"))
     with pytest.raises(ValueError, match="RobertaBackbone.*BERT-family"):
         build_text_tower("bert", preset=str(tmp_path / "roberta"))

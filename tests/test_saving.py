@@ -42,19 +42,23 @@ def test_lambda_layer_file_is_refused(tmp_path):
         mmzoo.load_model(path)
 
 
-def test_unknown_class_is_refused(tmp_path):
-    model = mmzoo.build_model(**TINY)
+def _forged_model_file(tmp_path, edit):
+    """A zoo model's `.keras` file with its config edited by `edit`."""
     path = tmp_path / "model.keras"
-    model.save(path)
+    mmzoo.build_model(**TINY).save(path)
+    forged = tmp_path / "forged.keras"
+    _rewrite_config(path, forged, edit)
+    return forged
 
+
+def test_unknown_class_is_refused(tmp_path):
     def smuggle(config):
         layer = _find_layer(config, "fusion")
         layer["module"] = "evil.layers"
         layer["class_name"] = "Backdoor"
         layer["registered_name"] = "Backdoor"
 
-    forged = tmp_path / "forged.keras"
-    _rewrite_config(path, forged, smuggle)
+    forged = _forged_model_file(tmp_path, smuggle)
     with pytest.raises(
         ValueError,
         match=r"'small_cnn_bow_concat/fusion' is of class 'Backdoor' from module "
@@ -64,18 +68,13 @@ def test_unknown_class_is_refused(tmp_path):
 
 
 def test_nested_lambda_inside_a_tower_is_refused(tmp_path):
-    model = mmzoo.build_model(**TINY)
-    path = tmp_path / "model.keras"
-    model.save(path)
-
     def smuggle(config):
         tower = _find_layer(config, "text_tower")
         inner = tower["config"]["layers"][-1]
         inner["class_name"] = "Lambda"
         inner["module"] = "keras.layers"
 
-    forged = tmp_path / "forged.keras"
-    _rewrite_config(path, forged, smuggle)
+    forged = _forged_model_file(tmp_path, smuggle)
     with pytest.raises(
         ValueError, match=r"'small_cnn_bow_concat/text_tower/pool' is a Lambda"
     ):

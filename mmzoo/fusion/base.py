@@ -48,7 +48,7 @@ class Fusion(keras.layers.Layer):
                 kind = (
                     "(batch, features)"
                     if self.input_rank == 2
-                    else ("(batch, steps, features)")
+                    else "(batch, steps, features)"
                 )
                 raise ValueError(
                     f"{name} expects every modality as {kind}. Received: "

@@ -62,11 +62,7 @@ def build_image_tower(
     """
     check_choice("image_tower", name, IMAGE_TOWERS)
     check_choice("image_pooling", pooling, POOLINGS)
-    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(
-            f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}. "
-            f"Received: image_size={image_size!r}"
-        )
+    check_image_size(image_size)
     if weights is not None and weights != "imagenet":
         if not os.path.isfile(weights):
             raise FileNotFoundError(
@@ -105,6 +101,15 @@ def build_image_tower(
 
     _set_trainable(backbone, trainable, trainable_layers)
     return keras.Model(image, x, name="image_tower")
+
+
+def check_image_size(image_size):
+    """Raise a ValueError unless `image_size` is an integer of at least 32."""
+    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}. "
+            f"Received: image_size={image_size!r}"
+        )
 
 
 def _small_cnn(image_size, filters, weights):
