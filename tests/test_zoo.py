@@ -173,3 +173,14 @@ def test_unimodal_baselines_ignore_the_other_modality():
         np.testing.assert_allclose(
             model(inputs)["probabilities"], model(changed)["probabilities"], atol=1e-6
         )
+
+
+def test_head_sizes_and_dropout_are_configurable():
+    config = {**TINY, "head_units": (16, 8), "dropout": 0.3}
+    model = mmzoo.build_model(**config)
+    assert model.get_layer("head_dense_0").units == 16
+    assert model.get_layer("head_dense_1").units == 8
+    assert model.get_layer("head_dropout_1").rate == 0.3
+    assert model.get_layer("logits").units == 3
+    bare = mmzoo.build_model(**{**TINY, "head_units": ()})
+    assert not any(layer.name.startswith("head_") for layer in bare.layers)
