@@ -1,0 +1,50 @@
+"""Input pipelines: manifests of images + text + labels to tf.data.
+
+`make_dataset` turns a manifest (CSV, JSONL or TFRecord shards) into a
+tf.data pipeline feeding a model's `image` and `tokens` inputs;
+`check_manifest` finds bad rows; `WordTokenizer` and `WordPieceTokenizer`
+turn text into token ids; `easy_vqa()` writes the built-in dataset's
+manifests.
+
+The names below are imported on first use: most of them import TensorFlow,
+which `mmzoo.data.manifest` (and so `mmzoo list`) does not need.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "COLUMNS": "manifest",
+    "REASONS": "manifest",
+    "LabelVocabulary": "manifest",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "Problem": "manifest",
+    "read_manifest": "manifest",
+    "DataError": "check",
+    "DataReport": "check",
+    "check_manifest": "check",
+    "make_dataset": "dataset",
+    "easy_vqa": "builtin",
+    "write_tfrecords": "tfrecord",
+    "WordTokenizer": "tokenizers",
+    "WordPieceTokenizer": "tokenizers",
+    "load_tokenizer": "tokenizers",
+    "PythonWordTokenizer": "pure_python_tokenizer",
+    "build_vocabulary": "pure_python_tokenizer",
+    "ImageInfo": "images",
+    "inspect_image": "images",
+    "load_image": "images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mmzoo.data' has no attribute {name!r}")
+    module = importlib.import_module(f"mmzoo.data.{_EXPORTS[name]}")
+    return getattr(module, name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,358 @@
+"""Finding the bad rows of a manifest before any of them reaches training.
+
+Every row is checked in three stages, cheapest first:
+
+1. its own fields (`mmzoo.data.manifest.row_problems`): a missing column,
+   empty or non-UTF-8 text, a label outside the vocabulary;
+2. its image file's header and trailer, read in Python without decoding
+   (`mmzoo.data.images.inspect_image`): missing file, unknown format,
+   truncated file, more pixels than `max_pixels` (a decompression bomb is
+   refused here, before anything allocates its pixels);
+3. a real decode of every image that passed, with the same TensorFlow op
+   the pipeline uses, run in parallel through tf.data.
+
+tf.data's own `ignore_errors()` drops failures without saying which or why
+(and so hides a wrong image folder); here a failure is kept as a `Problem`
+with its line number and TensorFlow's message.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from mmzoo.data import images as image_lib
+from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
+from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+from mmzoo.data.manifest import REASONS
+from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.data.manifest import Manifest
+from mmzoo.data.manifest import Problem
+from mmzoo.data.manifest import read_manifest
+from mmzoo.data.manifest import row_problems
+
+logger = logging.getLogger("mmzoo.data")
+
+
+class DataError(ValueError):
+    """More bad rows than a run tolerates; the message lists the reasons."""
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What `check_manifest` found.
+
+    Attributes:
+        manifest: the `Manifest` checked.
+        problems: every `Problem`, ordered by line (a row may have several).
+        good: indices into the manifest's columns of the rows with none.
+        images: for `keep_images`, a uint8 array (unique images, S, S, 3)
+            and, per row, its index into that array (`image_ids`).
+    """
+
+    manifest: Manifest
+    problems: list
+    good: list
+    images: np.ndarray = None
+    image_ids: list = None
+
+    @property
+    def source(self):
+        return self.manifest.source
+
+    @property
+    def num_rows(self):
+        return self.manifest.num_rows
+
+    @property
+    def num_bad(self):
+        return self.num_rows - len(self.good)
+
+    @property
+    def bad_fraction(self):
+        return self.num_bad / self.num_rows if self.num_rows else 0.0
+
+    @property
+    def texts(self):
+        """The texts of the good rows (what a tokenizer should learn from)."""
+        return [self.manifest.texts[i] for i in self.good]
+
+    @property
+    def counts(self):
+        """Problems per reason, in `REASONS` order."""
+        counts = collections.Counter(problem.reason for problem in self.problems)
+        return {reason: counts[reason] for reason in REASONS if counts[reason]}
+
+    def summary(self):
+        """One line: rows, bad rows and the count per reason."""
+        text = (
+            f"{self.source}: {self.num_rows:,} rows, {len(self.good):,} good, "
+            f"{self.num_bad:,} bad ({100 * self.bad_fraction:.2f}%)"
+        )
+        if self.counts:
+            text += ": " + ", ".join(f"{r} {n:,}" for r, n in self.counts.items())
+        return text
+
+    def enforce(self, max_bad_fraction=DEFAULT_MAX_BAD_FRACTION):
+        """Log what is skipped; raise `DataError` above `max_bad_fraction`."""
+        if not self.good:
+            raise DataError(f"No usable rows. {self.summary()}{self._examples()}")
+        if self.bad_fraction > max_bad_fraction:
+            raise DataError(
+                f"{self.summary()}, more than the {100 * max_bad_fraction:g}% "
+                f"allowed (`max_bad_fraction`).{self._examples()}\n"
+                f"Run `mmzoo data check {self.source}` for the full list."
+            )
+        if self.num_bad:
+            logger.warning(
+                "Skipping bad rows. %s. Run `mmzoo data check %s` for the list.",
+                self.summary(),
+                self.source,
+            )
+
+    def _examples(self, limit=5):
+        if not self.problems:
+            return ""
+        shown = "\n".join(f"  {p}" for p in self.problems[:limit])
+        more = len(self.problems) - limit
+        more = f"\n  ... {more} more" if more > 0 else ""
+        return f"\nFirst problems:\n{shown}{more}"
+
+
+def check_manifest(
+    source,
+    labels=None,
+    multilabel=False,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    decode=True,
+    keep_images=None,
+    columns=None,
+):
+    """Find every bad row of a manifest, with its line and reason.
+
+    Args:
+        source: a manifest path (CSV, JSONL, TFRecord) or a `Manifest`.
+        labels: a `LabelVocabulary` (or a labels.txt path); rows whose
+            label it lacks are `unknown_label`. `None` checks no labels.
+        multilabel: labels are `|`-separated sets.
+        max_pixels: refuse images whose header declares more pixels.
+        decode: also decode every image (stage 3). Without it only headers
+            and trailers are read: faster, but corrupt pixel data passes.
+        keep_images: `(image_size, resize)` to keep each image, decoded
+            and resized as the pipeline does, in `report.images` (decode
+            and check in one pass; used for in-memory caching).
+        columns: column renaming for `read_manifest`.
+
+    Returns:
+        A `DataReport`.
+
+    Example:
+
+    >>> report = check_manifest("train.csv")
+    >>> print(report.summary())
+    train.csv: 1,000 rows, 997 good, 3 bad (0.30%): missing_file 2, truncated_image 1
+    """
+    if isinstance(source, Manifest):
+        manifest = source
+    else:
+        manifest = read_manifest(source, columns=columns)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = LabelVocabulary.load(labels)
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(
+            "`max_pixels` must be a positive integer. "
+            f"Received: max_pixels={max_pixels!r}"
+        )
+
+    problems = list(manifest.problems)
+    bad = set()
+    for index in range(len(manifest)):
+        found = row_problems(manifest, index)
+        if labels is not None and manifest.labels[index] is not None:
+            unknown = labels.unknown(manifest.labels[index], multilabel)
+            if unknown:
+                found.append(
+                    Problem(
+                        manifest.lines[index],
+                        "unknown_label",
+                        f"{', '.join(map(repr, unknown))} (not in the "
+                        f"{len(labels)} training labels)",
+                        manifest.source,
+                    )
+                )
+        if found:
+            bad.add(index)
+            problems.extend(found)
+
+    keys, image_ids = _image_keys(manifest)
+    image_problems, decoded = _check_images(
+        manifest, keys, max_pixels, decode, keep_images
+    )
+    for index in range(len(manifest)):
+        key = image_ids[index]
+        if key is not None and key in image_problems:
+            reason, detail = image_problems[key]
+            problems.append(
+                Problem(manifest.lines[index], reason, detail, manifest.source)
+            )
+            bad.add(index)
+
+    problems.sort(key=lambda p: (p.line, list(REASONS).index(p.reason)))
+    good = [index for index in range(len(manifest)) if index not in bad]
+    return DataReport(
+        manifest=manifest,
+        problems=problems,
+        good=good,
+        images=decoded,
+        image_ids=image_ids if decoded is not None else None,
+    )
+
+
+def _image_keys(manifest):
+    """Unique images and each row's index into them.
+
+    A VQA manifest asks many questions about one image; each image is
+    checked (and decoded) once.
+    """
+    if manifest.format == "tfrecord":
+        return list(range(len(manifest))), list(range(len(manifest)))
+    keys, position, image_ids = [], {}, []
+    for path in manifest.images:
+        if path is None:
+            image_ids.append(None)
+            continue
+        if path not in position:
+            position[path] = len(keys)
+            keys.append(path)
+        image_ids.append(position[path])
+    return keys, image_ids
+
+
+def _inspect(info, max_pixels):
+    """(reason, detail) for a header that fails, else None."""
+    if info.format is None:
+        return "undecodable_image", "not a JPEG, PNG, GIF or BMP image"
+    if info.truncated:
+        return "truncated_image", f"{info.format.upper()} file ends early"
+    if info.width is None or info.height is None:
+        return "undecodable_image", f"unreadable {info.format.upper()} header"
+    if info.width * info.height > max_pixels:
+        return (
+            "image_too_large",
+            f"{info.width}x{info.height} = {info.width * info.height:,} "
+            f"pixels > max_pixels={max_pixels:,}",
+        )
+    return None
+
+
+def _inspect_file(path, max_pixels):
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return "missing_file", f"no such file: {path}"
+    except IsADirectoryError:
+        return "missing_file", f"a folder, not an image file: {path}"
+    except OSError as error:
+        return "missing_file", f"cannot read {path}: {error.strerror}"
+    if not data:
+        return "undecodable_image", f"empty file: {path}"
+    problem = _inspect(image_lib.inspect_image(data), max_pixels)
+    if problem is not None:
+        return problem[0], f"{problem[1]}: {path}"
+    return None
+
+
+def _check_images(manifest, keys, max_pixels, decode, keep_images):
+    """{key: (reason, detail)} for bad images, and the kept pixels."""
+    problems = {}
+    if manifest.format == "tfrecord":
+        for key, info in enumerate(manifest.infos):
+            problem = _inspect(info, max_pixels) if info is not None else None
+            if info is None:
+                problem = ("undecodable_image", "empty image bytes")
+            if problem is not None:
+                problems[key] = problem
+    else:
+        # File reads release the GIL; the header parsing is small.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = pool.map(lambda p: _inspect_file(p, max_pixels), keys)
+            for key, problem in enumerate(results):
+                if problem is not None:
+                    problems[key] = problem
+    if not (decode or keep_images):
+        return problems, None
+
+    # A JPEG without its end marker may still decode: cameras append data
+    # (motion photos) after it. Let the decoder decide; if it fails, the
+    # missing marker is the reason.
+    suspects = {
+        key
+        for key, (reason, detail) in problems.items()
+        if reason == "truncated_image" and detail.startswith("JPEG")
+    }
+    for key in suspects:
+        del problems[key]
+    candidates = [key for key in range(len(keys)) if key not in problems]
+    contents = _contents_dataset(manifest, keys, candidates)
+    decoded = None
+    if keep_images:
+        image_size, resize = keep_images
+        decoded = np.zeros((len(keys), image_size, image_size, 3), np.uint8)
+
+        def load(key, data):
+            return key, image_lib.load_image(data, image_size, resize)
+    else:
+
+        def load(key, data):
+            return key, tf.shape(image_lib.decode_image(data))
+
+    passed = set()
+    dataset = contents.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.ignore_errors()
+    for key, value in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        passed.add(int(key))
+        if decoded is not None:
+            decoded[key] = value
+    failed = [key for key in candidates if key not in passed]
+    # Failures are rare: decode each again, eagerly, for TensorFlow's message.
+    for key, data in _contents_dataset(manifest, keys, failed):
+        key = int(key)
+        try:
+            image_lib.decode_image(data)
+            message = "decoding failed"
+        except (tf.errors.InvalidArgumentError, tf.errors.OpError) as error:
+            message = _tensorflow_message(error)
+        where = keys[key] if manifest.format != "tfrecord" else "record"
+        if key in suspects:
+            problems[key] = ("truncated_image", f"JPEG file ends early: {where}")
+        else:
+            problems[key] = ("undecodable_image", f"{message}: {where}")
+    return problems, decoded
+
+
+def _tensorflow_message(error):
+    """TensorFlow's reason without its op and device decorations."""
+    message = error.message.strip().split("\n")[0]
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", message)
+
+
+def _contents_dataset(manifest, keys, selected):
+    """(key, encoded bytes) for the selected images, as a tf.data pipeline."""
+    selected = np.asarray(selected, np.int64)
+    if manifest.format == "tfrecord":
+        from mmzoo.data import tfrecord
+
+        return tfrecord.image_bytes_dataset(manifest, selected)
+    paths = tf.constant([os.fsencode(keys[key]) for key in selected], tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((selected, tf.reshape(paths, [-1])))
+    return dataset.map(
+        lambda key, path: (key, tf.io.read_file(path)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )

@@ -1,0 +1,345 @@
+"""`make_dataset`: a manifest to a tf.data pipeline feeding an mmzoo model."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mmzoo.data import images as image_lib
+from mmzoo.data.check import DataError
+from mmzoo.data.check import check_manifest
+from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
+from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.data.manifest import Manifest
+from mmzoo.data.manifest import read_manifest
+from mmzoo.data.manifest import split_labels
+from mmzoo.registry import TASKS
+from mmzoo.registry import check_choice
+
+DEFAULT_AUGMENTATION = {"flip": True, "crop": 0.1, "brightness": 0.1, "contrast": 0.1}
+UNKNOWN_LABELS = ("error", "skip", "unknown")
+CACHES = (None, "memory")
+
+# In-memory caching puts the decoded images in the tf.data graph as one
+# constant, and a GraphDef cannot exceed 2 GB.
+_MAX_MEMORY_CACHE_BYTES = 1_500_000_000
+
+
+def make_dataset(
+    source,
+    tokenizer,
+    image_size,
+    batch_size=32,
+    training=True,
+    *,
+    labels=None,
+    task="multiclass",
+    resize="stretch",
+    augment=False,
+    shuffle=None,
+    shuffle_buffer=10_000,
+    seed=None,
+    cache=None,
+    drop_remainder=False,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    max_bad_fraction=DEFAULT_MAX_BAD_FRACTION,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    unknown_labels="error",
+    validate=True,
+    input_context=None,
+    columns=None,
+    return_report=False,
+):
+    """A tf.data pipeline of `({"image", "tokens"}, label)` from a manifest.
+
+    The manifest is checked first (`check_manifest`): bad rows (missing,
+    truncated, undecodable or oversized images, empty or non-UTF-8 text,
+    missing values, unknown labels) are skipped and counted in a log
+    warning, and the call fails with `DataError` when more than
+    `max_bad_fraction` of the rows are bad. The pipeline itself then never
+    meets a bad row, so an epoch cannot crash halfway.
+
+    Args:
+        source: a manifest path (CSV, JSONL, a TFRecord shard or folder of
+            shards) or a `Manifest`.
+        tokenizer: a tokenizer from `mmzoo.data` (or a folder it was saved
+            to); its output is the model's `tokens`. `None` yields the raw
+            strings as `text`, for TF-Hub text towers.
+        image_size: the model's image size (square).
+        batch_size: examples per batch.
+        training: shuffle (and augment, when `augment` is set); otherwise
+            the order is the manifest's.
+        labels: a `LabelVocabulary` or labels.txt path: the training labels
+            when this is evaluation data. `None` builds the vocabulary from
+            this manifest (training data).
+        task: `"multiclass"` (int labels), `"multilabel"` (`|`-separated
+            labels, multi-hot targets), `"binary"` (two labels, the second
+            in vocabulary order is 1) or `"regression"` (numbers,
+            `|`-separated for several targets).
+        resize: `"stretch"` or `"pad"` (keep the aspect ratio).
+        augment: `False`, `True` (flip, 10% crop, brightness, contrast) or a
+            dict of `augment_image` arguments. Only when `training`. Off by
+            default: a flip changes "left" into "right" in a question.
+        shuffle: default `training`.
+        shuffle_buffer: for TFRecord sources and file caches (an in-memory
+            list of rows is shuffled whole).
+        seed: makes shuffling and augmentation repeatable.
+        cache: `None`, `"memory"` (each unique image decoded once and kept,
+            resized, as uint8), or a file path prefix (`Dataset.cache`).
+        drop_remainder: drop the last partial batch.
+        num_parallel_calls: decode parallelism (default AUTOTUNE).
+        max_bad_fraction: the fraction of bad rows tolerated.
+        max_pixels: images with more pixels are refused before decoding.
+        unknown_labels: a label outside `labels`: `"error"` fails naming
+            the labels and lines; `"skip"` counts the row as bad; `"unknown"`
+            maps it to the vocabulary's `[UNK]` class.
+        validate: decode every image once up front (set `False` to check
+            headers only; corrupt pixel data would then fail mid-epoch).
+        input_context: a `tf.distribute.InputContext` (see below).
+        columns: column renaming, e.g. `{"text": "question"}`.
+        return_report: also return the `DataReport` and the labels.
+
+    Under `tf.distribute`, pass the dataset to
+    `strategy.experimental_distribute_dataset` (it is sharded by element,
+    never by file, so labels stay with their images), or build one per
+    worker with `strategy.distribute_datasets_from_function` and pass its
+    `input_context`: the pipeline then reads every
+    `num_input_pipelines`-th row and `batch_size` is the global batch.
+
+    Returns:
+        The dataset, or `(dataset, report, labels)` with `return_report`.
+
+    Example:
+
+    >>> tokenizer = WordTokenizer.fit(read_manifest("train.csv").texts)
+    >>> train = make_dataset("train.csv", tokenizer, image_size=64, seed=1)
+    >>> model.fit(train, epochs=5)
+    """
+    check_choice("task", task, TASKS)
+    check_choice("unknown_labels", unknown_labels, UNKNOWN_LABELS)
+    check_choice("resize", resize, ("stretch", "pad"))
+    if cache not in CACHES and not isinstance(cache, (str, os.PathLike)):
+        raise ValueError(
+            f"`cache` must be None, 'memory' or a file path. Received: cache={cache!r}"
+        )
+    for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {name}={value!r}"
+            )
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(
+            "`max_bad_fraction` must be between 0 and 1. "
+            f"Received: max_bad_fraction={max_bad_fraction!r}"
+        )
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from mmzoo.data.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = LabelVocabulary.load(labels)
+    augmentation = _augmentation(augment) if training else None
+    shuffle = training if shuffle is None else shuffle
+
+    if isinstance(source, Manifest):
+        manifest = source
+    else:
+        manifest = read_manifest(source, columns)
+    multilabel = task == "multilabel"
+    classified = task != "regression"
+    check_labels = labels if classified and unknown_labels != "unknown" else None
+    memory_cache = cache == "memory"
+    if memory_cache and manifest.format == "tfrecord":
+        raise ValueError(
+            "cache='memory' decodes each unique image file once; TFRecord "
+            "records are read in a stream. Use a file cache path instead."
+        )
+    if memory_cache:
+        estimate = len(set(manifest.images)) * image_size * image_size * 3
+        if estimate > _MAX_MEMORY_CACHE_BYTES:
+            raise ValueError(
+                f"cache='memory' would hold about {estimate / 1e9:.1f} GB of "
+                "decoded images, more than a tf.data graph can carry; use a "
+                "file cache (cache='/path/prefix') or no cache."
+            )
+    report = check_manifest(
+        manifest,
+        labels=check_labels,
+        multilabel=multilabel,
+        max_pixels=max_pixels,
+        decode=validate,
+        keep_images=(image_size, resize) if memory_cache else None,
+    )
+    if unknown_labels == "error" and "unknown_label" in report.counts:
+        unknown = [p for p in report.problems if p.reason == "unknown_label"]
+        raise DataError(
+            f"{report.source}: {len(unknown):,} row(s) have labels the "
+            f"training labels lack, e.g. line {unknown[0].line}: "
+            f"{unknown[0].detail}. Pass unknown_labels='skip' to skip them or "
+            "'unknown' to map them to an [UNK] class."
+        )
+    report.enforce(max_bad_fraction)
+    good = report.good
+
+    if classified and labels is None:
+        labels = LabelVocabulary.fit(
+            (manifest.labels[i] for i in good), multilabel=multilabel
+        )
+    targets = _targets([manifest.labels[i] for i in good], labels, task, report)
+    texts = tf.constant([manifest.texts[i].encode("utf-8") for i in good], tf.string)
+    targets = tf.constant(targets)
+
+    def example(position, image):
+        return image, tf.gather(texts, position), tf.gather(targets, position)
+
+    if manifest.format == "tfrecord":
+        from mmzoo.data import tfrecord
+
+        # Row index -> position among the good rows.
+        positions = np.full(len(manifest), -1, np.int64)
+        positions[good] = np.arange(len(good))
+        positions = tf.constant(positions)
+        dataset = tfrecord.image_bytes_dataset(manifest, good)
+        dataset = dataset.map(lambda row, data: (tf.gather(positions, row), data))
+        dataset = _shard(dataset, input_context)
+        if shuffle and not cache:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+        dataset = dataset.map(
+            lambda position, data: example(
+                position, image_lib.load_image(data, image_size, resize)
+            ),
+            num_parallel_calls=num_parallel_calls,
+        )
+    else:
+        dataset = tf.data.Dataset.range(len(good))
+        dataset = _shard(dataset, input_context)
+        if shuffle and (memory_cache or not cache):
+            # Rows are positions (cheap): shuffle them all before decoding.
+            dataset = dataset.shuffle(len(good), seed=seed)
+        if memory_cache:
+            pixels = tf.constant(report.images)
+            ids = tf.constant(np.asarray([report.image_ids[i] for i in good]))
+            dataset = dataset.map(
+                lambda p: example(p, tf.gather(pixels, tf.gather(ids, p))),
+                num_parallel_calls=num_parallel_calls,
+            )
+        else:
+            paths = tf.constant([os.fsencode(manifest.images[i]) for i in good])
+            dataset = dataset.map(
+                lambda p: example(
+                    p,
+                    image_lib.load_image(
+                        tf.io.read_file(tf.gather(paths, p)), image_size, resize
+                    ),
+                ),
+                num_parallel_calls=num_parallel_calls,
+            )
+    if cache and not memory_cache:
+        dataset = dataset.cache(os.fspath(cache))
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+
+    if augmentation is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+        dataset = dataset.map(
+            lambda element, pair: (
+                image_lib.augment_image(element[0], pair, **augmentation),
+                *element[1:],
+            ),
+            num_parallel_calls=num_parallel_calls,
+        )
+
+    per_replica = batch_size
+    if input_context is not None:
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    dataset = dataset.batch(per_replica, drop_remainder=drop_remainder)
+
+    def to_model_inputs(image, text, target):
+        features = {"image": tf.cast(image, tf.float32)}
+        if tokenizer is None:
+            features["text"] = text
+        else:
+            features["tokens"] = tokenizer(text)
+        return features, target
+
+    dataset = dataset.map(to_model_inputs, num_parallel_calls=num_parallel_calls)
+    options = tf.data.Options()
+    # Shard by element, never by file: the images come from one list (or
+    # stream) and texts and labels are looked up by position.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    if return_report:
+        return dataset, report, labels
+    return dataset
+
+
+def _shard(dataset, input_context):
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return dataset
+    return dataset.shard(
+        input_context.num_input_pipelines, input_context.input_pipeline_id
+    )
+
+
+def _augmentation(augment):
+    if augment is False or augment is None:
+        return None
+    if augment is True:
+        return dict(DEFAULT_AUGMENTATION)
+    if isinstance(augment, dict):
+        for key in augment:
+            check_choice("augment key", key, tuple(DEFAULT_AUGMENTATION))
+        return {**dict.fromkeys(DEFAULT_AUGMENTATION, 0.0), "flip": False, **augment}
+    raise ValueError(
+        "`augment` must be False, True or a dict such as "
+        f"{DEFAULT_AUGMENTATION}. Received: augment={augment!r}"
+    )
+
+
+def _targets(raw, labels, task, report):
+    """The label array for the good rows: ints, multi-hot, or floats."""
+    if task == "regression":
+        try:
+            values = [[float(v) for v in label.split("|")] for label in raw]
+        except ValueError as error:
+            raise DataError(
+                f"{report.source}: a regression label is not a number ({error})."
+            ) from None
+        widths = {len(v) for v in values}
+        if len(widths) > 1:
+            raise DataError(
+                f"{report.source}: regression rows have {sorted(widths)} targets; "
+                "every row needs the same number."
+            )
+        return np.asarray(values, np.float32)
+
+    def index(name):
+        if name in labels:
+            return labels.index(name)
+        return labels.index(LabelVocabulary.UNKNOWN)
+
+    if not labels.has_unknown and any(
+        labels.unknown(label, task == "multilabel") for label in raw
+    ):
+        raise DataError(
+            f"{report.source}: labels outside the vocabulary and no [UNK] class "
+            "to map them to; build the vocabulary with "
+            "LabelVocabulary.fit(..., add_unknown=True)."
+        )
+    if task == "multilabel":
+        targets = np.zeros((len(raw), len(labels)), np.float32)
+        for row, label in enumerate(raw):
+            targets[row, [index(name) for name in split_labels(label)]] = 1.0
+        return targets
+    if task == "binary":
+        if len(labels) != 2:
+            raise DataError(
+                f"{report.source}: a binary task needs exactly 2 labels; found "
+                f"{len(labels)}: {labels.names[:10]}"
+            )
+        return np.asarray([[index(label)] for label in raw], np.float32)
+    return np.asarray([index(label) for label in raw], np.int32)
