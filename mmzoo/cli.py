@@ -82,6 +82,133 @@ def _data_easy_vqa(args):
     return 0
 
 
+def _configure_logging():
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _train(args):
+    from mmzoo.training import trainer
+    from mmzoo.training.config import ConfigError
+
+    _configure_logging()
+    given = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("command", "run", "config", "resume")
+    }
+    try:
+        result = trainer.train(args.config, resume=args.resume, **given)
+    except (ConfigError, trainer.RunError, *_data_errors()) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from mmzoo.training.metrics import format_metrics
+
+    for split in ("val", "test"):
+        if split in result["metrics"]:
+            print(f"\n{split} ({result['run_dir']}/best.keras):")
+            print(format_metrics(result["metrics"][split]))
+    print(f"\nRun written to {result['run_dir']}")
+    return 0
+
+
+def _data_errors():
+    from mmzoo.data.check import DataError
+    from mmzoo.data.manifest import ManifestError
+
+    return (DataError, ManifestError, FileNotFoundError)
+
+
+def _evaluate(args):
+    import json
+
+    from mmzoo.training.evaluation import evaluate
+
+    _configure_logging()
+    try:
+        metrics, path = evaluate(
+            args.model, args.data, out=args.out, batch_size=args.batch_size
+        )
+    except _data_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from mmzoo.training.metrics import format_metrics
+
+    print(format_metrics(metrics) if "examples" in metrics else json.dumps(metrics))
+    print(f"\nMetrics written to {path}")
+    return 0
+
+
+def _predict(args):
+    from mmzoo.training.runs import predict
+
+    try:
+        result = predict(args.model, args.image, args.text, top_k=args.top_k)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if "labels" in result:
+        for label, score in zip(result["labels"], result["scores"]):
+            print(f"{score:8.4f}  {label}")
+    else:
+        print("predictions:", result["predictions"])
+    if "modality_weights" in result:
+        weights = result["modality_weights"]
+        image, text = weights["image"], weights["text"]
+        print(f"modality weights: image {image:.3f}, text {text:.3f}")
+    return 0
+
+
+def _demo(args):
+    from mmzoo.training.demo import run_demo
+
+    _configure_logging()
+    return run_demo(out=args.out, quick=args.quick, seed=args.seed)
+
+
+def _add_train_arguments(parser):
+    from mmzoo.training.config import STRATEGIES
+
+    add = parser.add_argument
+    keep = {"default": argparse.SUPPRESS}
+    add("--config", help="a YAML file of the same keys (flags override it)")
+    add("--train", metavar="M", help="training manifest", **keep)
+    add("--val", metavar="M", help="validation manifest", **keep)
+    add("--test", metavar="M", help="test manifest", **keep)
+    add("--out", metavar="RUN_DIR", help="the run folder to write", **keep)
+    add("--image-tower", **keep)
+    add("--text-tower", **keep)
+    add("--fusion", **keep)
+    add("--task", choices=("multiclass", "multilabel", "binary", "regression"), **keep)
+    add("--image-size", type=int, metavar="N", **keep)
+    add("--max-tokens", type=int, metavar="N", **keep)
+    add("--vocab-size", type=int, metavar="N", **keep)
+    add("--image-weights", metavar="none|imagenet|PATH", **keep)
+    add("--freeze-image-tower", action="store_true", **keep)
+    add("--text-preset", metavar="DIR", help="keras-hub preset (bert tower)", **keep)
+    add("--epochs", type=int, metavar="N", **keep)
+    add("--batch-size", type=int, metavar="N", **keep)
+    add("--lr", type=float, metavar="F", help="learning rate", **keep)
+    add("--lr-schedule", choices=("constant", "cosine"), **keep)
+    add("--mixed-precision", action="store_true", help="mixed_float16", **keep)
+    add("--xla", action="store_true", help="compile steps with XLA", **keep)
+    add("--strategy", choices=STRATEGIES, **keep)
+    add("--seed", type=int, metavar="N", **keep)
+    add("--resize", choices=("stretch", "pad"), **keep)
+    add("--augment", action="store_true", **keep)
+    add("--cache", metavar="memory|none|PATH", **keep)
+    add("--patience", type=int, metavar="N", help="early stopping", **keep)
+    add("--max-bad-fraction", type=float, metavar="F", **keep)
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out",
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mmzoo",
@@ -156,6 +283,45 @@ def build_parser():
     )
     vqa.add_argument("--out", help="folder (default ~/.cache/mmzoo/easy_vqa)")
     vqa.set_defaults(run=_data_easy_vqa)
+
+    training = commands.add_parser(
+        "train",
+        help="train a model on a manifest and write a run folder",
+        description="Train a model; writes model.keras, best.keras, "
+        "labels.txt, tokenizer/, config.yaml, history.csv, metrics.json, "
+        "plots and TensorBoard logs to --out.",
+    )
+    _add_train_arguments(training)
+    training.set_defaults(run=_train)
+
+    evaluation = commands.add_parser(
+        "evaluate", help="metrics of a trained model on a manifest"
+    )
+    evaluation.add_argument("model", help="a run folder or a .keras file in one")
+    evaluation.add_argument("--data", required=True, metavar="M")
+    evaluation.add_argument("--out", help="metrics JSON (default: in the run folder)")
+    evaluation.add_argument("--batch-size", type=int, default=64)
+    evaluation.set_defaults(run=_evaluate)
+
+    prediction = commands.add_parser(
+        "predict", help="top-k labels for one image and one text"
+    )
+    prediction.add_argument("model", help="a run folder or a .keras file in one")
+    prediction.add_argument("--image", required=True, help="an image file")
+    prediction.add_argument("--text", required=True)
+    prediction.add_argument("--top-k", type=int, default=5)
+    prediction.set_defaults(run=_predict)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the main job: fusions vs unimodal baselines on easy-VQA",
+    )
+    demo.add_argument("--out", default="runs/demo", help="default runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--quick", action="store_true", help="a tiny run that checks the wiring"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -49,6 +49,7 @@ def make_dataset(
     validate=True,
     input_context=None,
     columns=None,
+    epoch=None,
     return_report=False,
 ):
     """A tf.data pipeline of `({"image", "tokens"}, label)` from a manifest.
@@ -98,6 +99,12 @@ def make_dataset(
             headers only; corrupt pixel data would then fail mid-epoch).
         input_context: a `tf.distribute.InputContext` (see below).
         columns: column renaming, e.g. `{"text": "question"}`.
+        epoch: a `tf.Variable` holding the epoch number, which a training
+            loop sets as each epoch begins: the shuffle order and the
+            augmentation are then a function of `(seed, epoch)`, so a run
+            resumed at epoch k repeats an uninterrupted run exactly. (For
+            CSV/JSONL sources without a file cache; TFRecord streams and
+            file caches shuffle in a buffer seeded once per process.)
         return_report: also return the `DataReport` and the labels.
 
     Under `tf.distribute`, pass the dataset to
@@ -141,6 +148,8 @@ def make_dataset(
         labels = LabelVocabulary.load(labels)
     augmentation = _augmentation(augment) if training else None
     shuffle = training if shuffle is None else shuffle
+    if epoch is not None and seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
 
     if isinstance(source, Manifest):
         manifest = source
@@ -212,11 +221,16 @@ def make_dataset(
             num_parallel_calls=num_parallel_calls,
         )
     else:
-        dataset = tf.data.Dataset.range(len(good))
-        dataset = _shard(dataset, input_context)
-        if shuffle and (memory_cache or not cache):
-            # Rows are positions (cheap): shuffle them all before decoding.
-            dataset = dataset.shuffle(len(good), seed=seed)
+        # Rows are positions (cheap): shuffle them all before decoding.
+        reorder = shuffle and (memory_cache or not cache)
+        if reorder and epoch is not None:
+            # Every worker draws the same permutation, then takes its shard.
+            dataset = _epoch_permutation(len(good), seed, epoch)
+            dataset = _shard(dataset, input_context)
+        else:
+            dataset = _shard(tf.data.Dataset.range(len(good)), input_context)
+            if reorder:
+                dataset = dataset.shuffle(len(good), seed=seed)
         if memory_cache:
             pixels = tf.constant(report.images)
             ids = tf.constant(np.asarray([report.image_ids[i] for i in good]))
@@ -241,8 +255,7 @@ def make_dataset(
             dataset = dataset.shuffle(shuffle_buffer, seed=seed)
 
     if augmentation is not None:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+        dataset = tf.data.Dataset.zip(dataset, _random_pairs(seed, epoch))
         dataset = dataset.map(
             lambda element, pair: (
                 image_lib.augment_image(element[0], pair, **augmentation),
@@ -255,6 +268,19 @@ def make_dataset(
     if input_context is not None:
         per_replica = input_context.get_per_replica_batch_size(batch_size)
     dataset = dataset.batch(per_replica, drop_remainder=drop_remainder)
+    # Filters and per-epoch reordering hide the length from tf.data; Keras
+    # needs it to know where an epoch ends without a warning.
+    rows = len(good)
+    if input_context is not None:
+        rows = len(
+            range(
+                input_context.input_pipeline_id,
+                rows,
+                input_context.num_input_pipelines,
+            )
+        )
+    batches = rows // per_replica if drop_remainder else -(-rows // per_replica)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
     def to_model_inputs(image, text, target):
         features = {"image": tf.cast(image, tf.float32)}
@@ -275,6 +301,48 @@ def make_dataset(
     if return_report:
         return dataset, report, labels
     return dataset
+
+
+def _per_epoch(make, epoch):
+    """A dataset rebuilt from `make(epoch value)` at each iteration.
+
+    The value is read when an epoch starts, so a run resumed at epoch k
+    (BackupAndRestore) sees epoch k's order, not epoch 0's again.
+    """
+    return tf.data.Dataset.from_tensors(0).flat_map(
+        lambda _: make(tf.cast(epoch.read_value(), tf.int64))
+    )
+
+
+def _epoch_permutation(count, seed, epoch):
+    """Positions 0..count-1 in an order that depends on (seed, epoch) only.
+
+    `Dataset.shuffle` takes its seed as a Python value, hence a stateless
+    shuffle of the positions, drawn when each epoch starts.
+    """
+    return _per_epoch(
+        lambda value: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64),
+                seed=tf.stack([tf.constant(seed, tf.int64), value]),
+            )
+        ),
+        epoch,
+    )
+
+
+def _random_pairs(seed, epoch):
+    """Seeds for stateless augmentation: a (2,) int64 pair per example."""
+    if epoch is None:
+        pairs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        return pairs.batch(2)
+    # (seed, epoch * 2**32 + index): distinct per example and per epoch.
+    return _per_epoch(
+        lambda value: tf.data.Dataset.counter().map(
+            lambda index: tf.stack([tf.constant(seed, tf.int64), value * 2**32 + index])
+        ),
+        epoch,
+    )
 
 
 def _shard(dataset, input_context):

@@ -389,7 +389,8 @@ class LabelVocabulary:
     def save(self, path):
         """Write one name per line; `path` may be a folder (-> labels.txt)."""
         path = os.fspath(path)
-        if os.path.isdir(path):
+        if os.path.isdir(path) or not path.endswith(".txt"):
+            os.makedirs(path, exist_ok=True)
             path = os.path.join(path, "labels.txt")
         with open(path, "w", encoding="utf-8", newline="\n") as file:
             file.write("".join(name + "\n" for name in self.names))

@@ -1,0 +1,545 @@
+"""Evaluation metrics for a model's predictions, as JSON-ready dicts.
+
+The functions take arrays (labels and what `model.predict` returned), so they
+work whichever backend produced the scores, and their results can be written
+straight to a `metrics.json` next to a training run.
+
+Conventions, shared by every function here:
+
+- A ratio whose denominator is 0 (precision of a class never predicted,
+  recall of a class absent from `y_true`) is 0.0, like scikit-learn's
+  `zero_division=0`. F1 is computed as `2 * tp / (2 * tp + fp + fn)`, which
+  equals the harmonic mean of precision and recall whenever that is defined
+  and is 0.0 otherwise.
+- Macro averages run over every class in `labels`, also classes absent from
+  both `y_true` and the predictions (their F1 is 0.0), as scikit-learn does
+  when given `labels=`. This keeps macro-F1 comparable between evaluation
+  sets of one label space; a class with `support == 0` in `per_class` is the
+  sign that it pulled the average down.
+"""
+
+# NumPy only, no scikit-learn: these metrics are a few lines of NumPy each,
+# not worth a dependency.
+import math
+
+import numpy as np
+
+from mmzoo.registry import check_choice
+
+CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")
+
+# Top-k accuracies reported for multiclass tasks with more than k classes.
+TOP_K = (3, 5)
+
+
+def classification_metrics(
+    y_true, y_score, labels, task="multiclass", threshold=0.5
+) -> dict:
+    """Accuracy, F1 scores and per-class precision/recall of a classifier.
+
+    Predicted classes are `argmax(y_score)` for `"multiclass"` (ties go to the
+    lowest class index, as `np.argmax` and Keras' accuracy metrics do) and
+    `y_score >= threshold` for `"binary"` and `"multilabel"`. Precision,
+    recall or F1 with a zero denominator is 0.0, and macro averages include
+    every class in `labels`, even one absent from `y_true` and from the
+    predictions (see the module docstring).
+
+    Args:
+        y_true: the true labels. `"multiclass"`: class indices, shape `(N,)`
+            (or `(N, 1)`). `"binary"`: 0 or 1, shape `(N,)` or `(N, 1)`.
+            `"multilabel"`: multi-hot, shape `(N, C)`.
+        y_score: the model's scores. `"multiclass"`: shape `(N, C)`, e.g.
+            softmax probabilities (logits give the same result). `"binary"`:
+            sigmoid probabilities, shape `(N,)` or `(N, 1)`. `"multilabel"`:
+            sigmoid probabilities, shape `(N, C)`.
+        labels: the class names, in column order; they key `per_class` and
+            are converted to `str`. A binary task has two: negative then
+            positive.
+        task: one of `"multiclass"`, `"binary"`, `"multilabel"`.
+        threshold: the score from which a binary or multilabel prediction is
+            positive. Ignored for `"multiclass"`.
+
+    Returns:
+        A JSON-serialisable dict. `"multiclass"` and `"binary"`:
+        `{"examples", "accuracy", "macro_f1", "weighted_f1",
+        "top_k_accuracy", "per_class", "confusion_matrix", "labels"}`, where
+        `top_k_accuracy` maps `"3"` and `"5"` to the share of examples whose
+        true class is among the k highest scores (only for k < C; a tie at
+        the k-th place counts as a hit, as in Keras' top-k metrics),
+        `per_class` maps each name to `{"precision", "recall", "f1",
+        "support"}` and `confusion_matrix[i][j]` counts examples of true
+        class i predicted as j. Binary results also hold the `"threshold"`.
+        `"multilabel"`: `{"examples", "subset_accuracy", "micro_f1",
+        "macro_f1", "per_class", "labels", "threshold"}`, where
+        `subset_accuracy` is the share of examples whose every label is right.
+
+    Example:
+
+    >>> metrics = classification_metrics(
+    ...     y_true=[0, 1, 2, 2],
+    ...     y_score=[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7],
+    ...              [0.6, 0.3, 0.1]],
+    ...     labels=["cat", "dog", "bird"],
+    ... )
+    >>> metrics["accuracy"]
+    0.75
+    >>> metrics["confusion_matrix"]
+    [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    >>> metrics["per_class"]["bird"]
+    {'precision': 1.0, 'recall': 0.5, 'f1': 0.6666666666666666, 'support': 2}
+    >>> classification_metrics([1, 0, 1], [0.9, 0.4, 0.3], ["no", "yes"],
+    ...                        task="binary")["accuracy"]
+    0.6666666666666666
+    """
+    check_choice("task", task, CLASSIFICATION_TASKS)
+    if task == "multiclass":
+        return _multiclass_metrics(y_true, y_score, labels)
+    threshold = _check_threshold(threshold)
+    if task == "binary":
+        return _binary_metrics(y_true, y_score, labels, threshold)
+    return _multilabel_metrics(y_true, y_score, labels, threshold)
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """Mean absolute error, mean squared error, its root, and R².
+
+    With several targets (shape `(N, T)`), MAE, MSE and RMSE are taken over
+    all N x T values and R² is the mean of the per-target R² (scikit-learn's
+    `multioutput="uniform_average"`). A target that is constant in `y_true`
+    has R² 1.0 when predicted exactly and 0.0 otherwise, rather than a
+    division by zero (scikit-learn's `force_finite=True`).
+
+    Args:
+        y_true: the true values, shape `(N,)`, `(N, 1)` or `(N, T)`.
+        y_pred: the predictions, the same shape (`(N,)` and `(N, 1)` are
+            interchangeable).
+
+    Returns:
+        A JSON-serialisable dict `{"examples", "mae", "mse", "rmse", "r2"}`.
+
+    Example:
+
+    >>> regression_metrics([1.0, 2.0, 3.0, 4.0], [1.5, 2.0, 2.0, 5.0])
+    {'examples': 4, 'mae': 0.625, 'mse': 0.5625, 'rmse': 0.75, 'r2': 0.55}
+    """
+    y_true = _regression_array("y_true", y_true)
+    y_pred = _regression_array("y_pred", y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            "`y_true` and `y_pred` must have the same shape (`(N,)` and "
+            "`(N, 1)` count as the same). Received: "
+            f"y_true.shape={y_true.shape}, y_pred.shape={y_pred.shape}"
+        )
+    errors = y_pred - y_true
+    mse = float(np.mean(errors**2))
+    residual = np.sum(errors**2, axis=0)
+    total = np.sum((y_true - y_true.mean(axis=0)) ** 2, axis=0)
+    constant_target_r2 = np.where(residual == 0, 1.0, 0.0)
+    r2 = np.where(total > 0, 1.0 - _safe_divide(residual, total), constant_target_r2)
+    return {
+        "examples": int(y_true.shape[0]),
+        "mae": float(np.mean(np.abs(errors))),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "r2": float(np.mean(r2)),
+    }
+
+
+def format_metrics(metrics) -> str:
+    """A short plain-text report of `classification_metrics` or
+    `regression_metrics` results, for logs and terminals.
+
+    Args:
+        metrics: a dict returned by `classification_metrics` or
+            `regression_metrics` (or read back from its JSON file).
+
+    Returns:
+        The headline numbers, one per line, then, for classification, a
+        per-class table of precision, recall, F1 and support with aligned
+        columns.
+
+    Example:
+
+    >>> metrics = classification_metrics(
+    ...     [0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], ["cat", "dog"]
+    ... )
+    >>> print(format_metrics(metrics))
+    Examples:    3
+    Accuracy:    0.6667
+    Macro-F1:    0.6667
+    Weighted-F1: 0.6667
+    <BLANKLINE>
+    class  precision  recall      f1  support
+    cat       0.5000  1.0000  0.6667        1
+    dog       1.0000  0.5000  0.6667        2
+    """
+    if not isinstance(metrics, dict) or "examples" not in metrics:
+        raise ValueError(
+            "`metrics` must be a dict returned by `classification_metrics` or "
+            f"`regression_metrics`. Received: {_describe(metrics)}"
+        )
+    if "mae" in metrics:
+        headline = [
+            ("MAE", metrics["mae"]),
+            ("MSE", metrics["mse"]),
+            ("RMSE", metrics["rmse"]),
+            ("R2", metrics["r2"]),
+        ]
+    elif "accuracy" in metrics:
+        headline = [
+            ("Accuracy", metrics["accuracy"]),
+            ("Macro-F1", metrics["macro_f1"]),
+            ("Weighted-F1", metrics["weighted_f1"]),
+        ]
+        headline += [
+            (f"Top-{k} accuracy", value)
+            for k, value in metrics.get("top_k_accuracy", {}).items()
+        ]
+    elif "subset_accuracy" in metrics:
+        headline = [
+            ("Subset accuracy", metrics["subset_accuracy"]),
+            ("Micro-F1", metrics["micro_f1"]),
+            ("Macro-F1", metrics["macro_f1"]),
+        ]
+    else:
+        raise ValueError(
+            "`metrics` must be a dict returned by `classification_metrics` or "
+            f"`regression_metrics`. Received: {_describe(metrics)}"
+        )
+    headline = [("Examples", metrics["examples"])] + headline
+    width = max(len(name) for name, _ in headline) + 2
+    lines = [
+        f"{name + ':':<{width}}{_format_number(value)}" for name, value in headline
+    ]
+    if "per_class" in metrics:
+        lines += [""] + _per_class_table(metrics["per_class"])
+    return "\n".join(lines)
+
+
+# === Classification ===
+
+
+def _multiclass_metrics(y_true, y_score, labels):
+    y_score = _score_array("y_score", y_score)
+    if y_score.ndim != 2:
+        raise ValueError(
+            "A multiclass task needs `y_score` of shape (N, num_classes), one "
+            "column of scores per class. For one sigmoid output use "
+            f"task='binary'. Received: y_score.shape={y_score.shape}"
+        )
+    labels = _check_labels(labels, y_score.shape[1], "columns in `y_score`")
+    y_true = _class_indices(y_true, len(labels))
+    _check_same_length(y_true, y_score)
+    y_pred = np.argmax(y_score, axis=1)
+    metrics = _single_label_metrics(y_true, y_pred, labels)
+    metrics["top_k_accuracy"] = {
+        str(k): _top_k_accuracy(y_true, y_score, k) for k in TOP_K if len(labels) > k
+    }
+    return _ordered(metrics)
+
+
+def _binary_metrics(y_true, y_score, labels, threshold):
+    y_score = _score_array("y_score", y_score)
+    if y_score.ndim == 2 and y_score.shape[1] == 1:
+        y_score = y_score[:, 0]
+    if y_score.ndim != 1:
+        raise ValueError(
+            "A binary task needs `y_score` of shape (N,) or (N, 1): one "
+            "sigmoid score per example. For one softmax column per class use "
+            f"task='multiclass'. Received: y_score.shape={y_score.shape}"
+        )
+    labels = _check_labels(labels, 2, "classes in a binary task")
+    y_true = _binary_array("y_true", y_true)
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]
+    if y_true.ndim != 1:
+        raise ValueError(
+            "A binary task needs `y_true` of shape (N,) or (N, 1). "
+            f"Received: y_true.shape={y_true.shape}"
+        )
+    _check_same_length(y_true, y_score)
+    y_pred = (y_score >= threshold).astype(np.int64)
+    metrics = _single_label_metrics(y_true.astype(np.int64), y_pred, labels)
+    metrics["top_k_accuracy"] = {}
+    metrics["threshold"] = threshold
+    return _ordered(metrics)
+
+
+def _multilabel_metrics(y_true, y_score, labels, threshold):
+    y_score = _score_array("y_score", y_score)
+    y_true = _binary_array("y_true", y_true)
+    if y_score.ndim != 2 or y_true.ndim != 2:
+        raise ValueError(
+            "A multilabel task needs `y_true` (multi-hot) and `y_score` of "
+            "shape (N, num_classes). Received: "
+            f"y_true.shape={y_true.shape}, y_score.shape={y_score.shape}"
+        )
+    labels = _check_labels(labels, y_score.shape[1], "columns in `y_score`")
+    if y_true.shape != y_score.shape:
+        raise ValueError(
+            "`y_true` and `y_score` must have the same shape in a multilabel "
+            f"task. Received: y_true.shape={y_true.shape}, "
+            f"y_score.shape={y_score.shape}"
+        )
+    truth = y_true.astype(bool)
+    predicted = y_score >= threshold
+    tp = np.sum(truth & predicted, axis=0)
+    fp = np.sum(~truth & predicted, axis=0)
+    fn = np.sum(truth & ~predicted, axis=0)
+    precision, recall, f1 = _precision_recall_f1(tp, fp, fn)
+    micro_f1 = _safe_divide(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())
+    return {
+        "examples": int(y_true.shape[0]),
+        "subset_accuracy": float(np.mean(np.all(truth == predicted, axis=1))),
+        "micro_f1": float(micro_f1),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": _per_class(labels, precision, recall, f1, truth.sum(axis=0)),
+        "labels": labels,
+        "threshold": threshold,
+    }
+
+
+def _single_label_metrics(y_true, y_pred, labels):
+    """Metrics shared by multiclass and binary tasks, from class indices."""
+    num_classes = len(labels)
+    confusion = np.bincount(
+        y_true * num_classes + y_pred, minlength=num_classes * num_classes
+    ).reshape(num_classes, num_classes)
+    tp = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    fp = confusion.sum(axis=0) - tp
+    fn = support - tp
+    precision, recall, f1 = _precision_recall_f1(tp, fp, fn)
+    examples = int(y_true.shape[0])
+    return {
+        "examples": examples,
+        "accuracy": float(tp.sum() / examples),
+        "macro_f1": float(np.mean(f1)),
+        "weighted_f1": float(np.sum(f1 * support) / examples),
+        "per_class": _per_class(labels, precision, recall, f1, support),
+        "confusion_matrix": confusion.tolist(),
+        "labels": labels,
+    }
+
+
+def _top_k_accuracy(y_true, y_score, k):
+    # A hit when fewer than k classes score strictly higher than the true
+    # class, so a tie at the k-th place counts: that is `ops.in_top_k`, which
+    # Keras' top-k metrics use, and keeps these numbers equal to the logged
+    # ones.
+    true_scores = y_score[np.arange(len(y_true)), y_true]
+    higher = np.sum(y_score > true_scores[:, None], axis=1)
+    return float(np.mean(higher < k))
+
+
+def _precision_recall_f1(tp, fp, fn):
+    precision = _safe_divide(tp, tp + fp)
+    recall = _safe_divide(tp, tp + fn)
+    f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    return precision, recall, f1
+
+
+def _safe_divide(numerator, denominator):
+    """Element-wise division where x / 0 is 0.0 (scikit-learn's
+    `zero_division=0`)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    return np.divide(
+        numerator,
+        denominator,
+        out=np.zeros_like(numerator),
+        where=denominator > 0,
+    )
+
+
+def _per_class(labels, precision, recall, f1, support):
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(labels)
+    }
+
+
+_KEY_ORDER = (
+    "examples",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "top_k_accuracy",
+    "per_class",
+    "confusion_matrix",
+    "labels",
+    "threshold",
+)
+
+
+def _ordered(metrics):
+    # Headline numbers first, so a dumped metrics.json reads top-down.
+    return {key: metrics[key] for key in _KEY_ORDER if key in metrics}
+
+
+# === Validation ===
+
+
+def _as_array(argument, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(
+            f"`{argument}` must be an array or a nested list of equal-length "
+            f"rows. Received: {_describe(value)} ({error})"
+        ) from None
+
+
+def _score_array(argument, value):
+    array = _as_array(argument, value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"`{argument}` must hold numbers. Received an array of dtype "
+            f"{array.dtype}: {_describe(value)}"
+        )
+    array = array.astype(np.float64)
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise ValueError(
+            f"`{argument}` holds no examples. Received: {argument}.shape={array.shape}"
+        )
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`{argument}` has {int(bad.sum())} non-finite value(s) (NaN or "
+            f"inf), the first at index {first}: {array[first]}. A model whose "
+            "loss diverged predicts NaN."
+        )
+    return array
+
+
+def _class_indices(y_true, num_classes):
+    array = _as_array("y_true", y_true)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise ValueError(
+            "A multiclass task needs `y_true` of class indices, shape (N,) or "
+            "(N, 1); for one-hot labels pass `np.argmax(y_true, axis=1)`. "
+            f"Received: y_true.shape={array.shape}"
+        )
+    integral = array.dtype.kind in "iu" or (
+        array.dtype.kind == "f"
+        and np.all(np.isfinite(array))
+        and np.all(array == np.round(array))
+    )
+    if not integral:
+        raise ValueError(
+            "`y_true` must hold integer class indices. Received an array of "
+            f"dtype {array.dtype}: {_describe(y_true)}"
+        )
+    array = array.astype(np.int64)
+    outside = (array < 0) | (array >= num_classes)
+    if outside.any():
+        index = int(np.argmax(outside))
+        raise ValueError(
+            f"`y_true` holds class indices outside [0, {num_classes - 1}] "
+            f"(there are {num_classes} labels): {int(outside.sum())} of them, "
+            f"the first y_true[{index}]={array[index]}."
+        )
+    return array
+
+
+def _binary_array(argument, value):
+    array = _as_array(argument, value)
+    if array.dtype.kind not in "biuf" or not np.all((array == 0) | (array == 1)):
+        raise ValueError(
+            f"`{argument}` must hold only 0 and 1 (or booleans). Received: "
+            f"{_describe(value)}"
+        )
+    return array.astype(np.int64)
+
+
+def _regression_array(argument, value):
+    array = _score_array(argument, value)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(
+            f"`{argument}` must have shape (N,) or (N, num_targets). "
+            f"Received: {argument}.shape={array.shape}"
+        )
+    return array
+
+
+def _check_labels(labels, expected, what):
+    if isinstance(labels, str | bytes) or not hasattr(labels, "__iter__"):
+        raise ValueError(
+            f"`labels` must be a list of class names. Received: labels={labels!r}"
+        )
+    names = [str(name) for name in labels]
+    if len(names) != expected:
+        raise ValueError(
+            f"`labels` must name each class: there are {expected} {what} but "
+            f"{len(names)} labels. Received: labels={names}"
+        )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            "`labels` must be unique (they key `per_class`). Received "
+            f"duplicates {duplicates} in labels={names}"
+        )
+    return names
+
+
+def _check_same_length(y_true, y_score):
+    if y_true.shape[0] != y_score.shape[0]:
+        raise ValueError(
+            "`y_true` and `y_score` must hold the same number of examples. "
+            f"Received: y_true.shape={y_true.shape}, y_score.shape={y_score.shape}"
+        )
+
+
+def _check_threshold(threshold):
+    if isinstance(threshold, bool) or not isinstance(
+        threshold, int | float | np.number
+    ):
+        raise ValueError(
+            f"`threshold` must be a number. Received: threshold={threshold!r}"
+        )
+    if not math.isfinite(threshold):
+        raise ValueError(
+            f"`threshold` must be finite. Received: threshold={threshold!r}"
+        )
+    return float(threshold)
+
+
+def _describe(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# === Text report ===
+
+
+def _format_number(value):
+    if isinstance(value, int | np.integer):
+        return str(value)
+    return f"{value:.4f}"
+
+
+def _per_class_table(per_class):
+    name_width = max([len("class")] + [len(name) for name in per_class])
+    support_width = max(
+        [len("support")] + [len(str(row["support"])) for row in per_class.values()]
+    )
+    lines = [
+        f"{'class':<{name_width}}  precision  recall      f1  "
+        f"{'support':>{support_width}}"
+    ]
+    for name, row in per_class.items():
+        lines.append(
+            f"{name:<{name_width}}  {row['precision']:>9.4f}  {row['recall']:>6.4f}"
+            f"  {row['f1']:>6.4f}  {row['support']:>{support_width}}"
+        )
+    return lines

@@ -1,0 +1,379 @@
+"""`mmzoo train / evaluate / predict / demo` end to end on real files."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import data_fixtures
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import mmzoo
+from mmzoo.training import trainer
+from mmzoo.training.config import ConfigError
+from mmzoo.training.runs import load_run
+from mmzoo.training.runs import predict
+
+TINY = {
+    "image_size": 32,
+    "max_tokens": 8,
+    "batch_size": 4,
+    "model": {"image_filters": [8, 16], "head_units": [16], "fusion_units": 16},
+}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return data_fixtures.clean_manifest(tmp_path_factory.mktemp("data"), rows=12)
+
+
+def mmzoo_cli(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "mmzoo.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
+
+
+def test_cli_train_evaluate_predict(manifest, tmp_path):
+    run = tmp_path / "run"
+    result = mmzoo_cli(
+        "train",
+        "--train",
+        manifest,
+        "--val",
+        manifest,
+        "--test",
+        manifest,
+        "--fusion",
+        "gated",
+        "--image-size",
+        32,
+        "--max-tokens",
+        8,
+        "--epochs",
+        2,
+        "--batch-size",
+        4,
+        "--out",
+        run,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "model.keras",
+        "best.keras",
+        "labels.txt",
+        "config.yaml",
+        "history.csv",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "tokenizer/vocabulary.txt",
+        "tokenizer/tokenizer.json",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "logs" / "train").glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["fusion"] == "gated" and config["epochs"] == 2
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch") and len(history) == 3
+    assert "val_probabilities_sparse_categorical_accuracy" in history[0]
+    assert "Accuracy:" in result.stdout
+
+    evaluation = mmzoo_cli("evaluate", run, "--data", manifest)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    metrics = json.loads((run / "evaluation_manifest.json").read_text())
+    assert metrics["examples"] == 12 and 0 <= metrics["accuracy"] <= 1
+
+    image = os.path.join(os.path.dirname(manifest), "images", "img_0.png")
+    prediction = mmzoo_cli(
+        "predict", run, "--image", image, "--text", "is this a circle", "--top-k", 2
+    )
+    assert prediction.returncode == 0, prediction.stderr[-3000:]
+    lines = prediction.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[2].startswith("modality weights: image")
+    labels = {line.split()[1] for line in lines[:2]}
+    assert labels <= set(data_fixtures.LABELS)
+
+
+def test_metrics_match_a_direct_computation(manifest, tmp_path):
+    result = trainer.train(
+        train=manifest,
+        val=manifest,
+        epochs=2,
+        out=tmp_path / "run",
+        verbose=0,
+        **TINY,
+    )
+    run = load_run(tmp_path / "run")
+    # Direct: the best model on every row, argmax against labels.txt.
+    from mmzoo.data import read_manifest
+    from mmzoo.data.images import load_image
+
+    rows = read_manifest(manifest)
+    images = np.stack(
+        [
+            load_image(open(path, "rb").read(), 32).numpy().astype("float32")
+            for path in rows.images
+        ]
+    )
+    tokens = run.tokenizer(rows.texts).numpy()
+    probabilities = run.model.predict({"image": images, "tokens": tokens}, verbose=0)[
+        "probabilities"
+    ]
+    truth = np.array([run.labels.index(label) for label in rows.labels])
+    predicted = probabilities.argmax(-1)
+    metrics = result["metrics"]["val"]
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == truth))
+    matrix = np.zeros((3, 3), int)
+    np.add.at(matrix, (truth, predicted), 1)
+    assert metrics["confusion_matrix"] == matrix.tolist()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["val"]["accuracy"] == metrics["accuracy"]
+    assert saved["parameters"] == run.model.count_params()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops a run after an epoch, as a kill would (the backup is saved)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill after epoch 2")
+
+
+def test_resume_ends_where_an_uninterrupted_run_would(manifest, tmp_path):
+    settings = dict(
+        train=manifest, val=manifest, epochs=4, augment=True, verbose=0, **TINY
+    )
+    trainer.train(out=tmp_path / "whole", **settings)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(out=tmp_path / "cut", callbacks=[_Interrupt()], **settings)
+    assert (tmp_path / "cut" / "backup").is_dir()
+    assert not (tmp_path / "cut" / "model.keras").exists()
+    with pytest.raises(trainer.RunError, match="pass --resume"):
+        trainer.train(out=tmp_path / "cut", **settings)
+    trainer.train(out=tmp_path / "cut", resume=True, **settings)
+    assert not (tmp_path / "cut" / "backup").exists()
+
+    whole = mmzoo.load_model(tmp_path / "whole" / "model.keras")
+    resumed = mmzoo.load_model(tmp_path / "cut" / "model.keras")
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    epochs = [
+        line.split(",")[0]
+        for line in (tmp_path / "cut" / "history.csv").read_text().splitlines()[1:]
+    ]
+    assert epochs == ["0", "1", "2", "3"]
+    with pytest.raises(trainer.RunError, match="already finished"):
+        trainer.train(out=tmp_path / "cut", resume=True, **settings)
+
+
+KILLED = """
+import os, sys
+import keras
+from mmzoo.training import trainer
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            os._exit(137)  # as kill -9 would, after the epoch's backup
+
+trainer.train(
+    train=sys.argv[1], out=sys.argv[2], image_size=32, max_tokens=8,
+    epochs=3, batch_size=4, verbose=0, callbacks=[Kill()],
+)
+"""
+
+
+def test_killed_process_resumes_from_the_command_line(manifest, tmp_path):
+    run = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED, str(manifest), str(run)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert (run / "backup").is_dir()
+    arguments = [
+        "train",
+        "--train",
+        manifest,
+        "--image-size",
+        32,
+        "--max-tokens",
+        8,
+        "--epochs",
+        3,
+        "--batch-size",
+        4,
+        "--out",
+        run,
+    ]
+    refused = mmzoo_cli(*arguments)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = mmzoo_cli(*arguments, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert (run / "model.keras").is_file() and not (run / "backup").exists()
+
+
+def test_yaml_config_and_flags(manifest, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"train": str(manifest), "epochs": 1, "fusion": "concat", **TINY}
+        )
+    )
+    result = mmzoo_cli(
+        "train", "--config", path, "--fusion", "bilinear", "--out", tmp_path / "r"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["fusion"] == "bilinear"  # the flag wins over the file
+    assert saved["model"]["image_filters"] == [8, 16]
+
+    path.write_text("train: x.csv\nepoch: 3\nout: y\n")
+    result = mmzoo_cli("train", "--config", path)
+    assert result.returncode == 2
+    assert "Unknown run config key 'epoch'. Did you mean 'epochs'?" in result.stderr
+
+
+def test_configuration_errors_name_the_key(manifest, tmp_path):
+    with pytest.raises(ConfigError, match=r"`fusion` must be one of .*'gated'\?"):
+        trainer.train(train=manifest, out=tmp_path / "a", fusion="gatd")
+    with pytest.raises(ConfigError, match=r"`epochs` must be a positive integer"):
+        trainer.train(train=manifest, out=tmp_path / "a", epochs=0)
+    with pytest.raises(ConfigError, match="`train`"):
+        trainer.train(out=tmp_path / "a")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    with pytest.raises(trainer.RunError, match="not empty"):
+        trainer.train(train=manifest, out=tmp_path / "full", **TINY)
+    with pytest.raises(trainer.RunError, match="Nothing to resume"):
+        trainer.train(train=manifest, out=tmp_path / "none", resume=True)
+
+
+def test_predict_explains_bad_inputs(manifest, tmp_path):
+    trainer.train(train=manifest, epochs=1, out=tmp_path / "run", verbose=0, **TINY)
+    with pytest.raises(FileNotFoundError, match="Image not found"):
+        predict(tmp_path / "run", tmp_path / "nope.png", "hi")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Cannot decode the image"):
+        predict(tmp_path / "run", tmp_path / "bad.png", "hi")
+    with pytest.raises(FileNotFoundError, match="not a finished"):
+        load_run(tmp_path)
+
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+from mmzoo.training import trainer
+result = trainer.train(
+    train=sys.argv[1], val=sys.argv[1], out=sys.argv[2], strategy="mirrored",
+    epochs=2, image_size=32, max_tokens=8, batch_size=4, verbose=0,
+)
+print("accuracy", result["metrics"]["val"]["accuracy"])
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(manifest, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED, str(manifest), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accuracy" in result.stdout
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for item in sockets:
+        item.bind(("localhost", 0))
+    ports = [item.getsockname()[1] for item in sockets]
+    for item in sockets:
+        item.close()
+    return ports
+
+
+def test_multiworker_cli_run_on_two_processes(manifest, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**ENV, "TF_CONFIG": json.dumps(config)}
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mmzoo.cli",
+                    "train",
+                    "--train",
+                    str(manifest),
+                    "--val",
+                    str(manifest),
+                    "--strategy",
+                    "multiworker",
+                    "--epochs",
+                    "2",
+                    "--image-size",
+                    "32",
+                    "--max-tokens",
+                    "8",
+                    "--batch-size",
+                    "4",
+                    "--out",
+                    str(tmp_path / "run"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
+    lines = (run / "history.csv").read_text().splitlines()
+    assert len(lines) == 3 and "loss" in lines[0]
+
+
+def test_demo_quick(tmp_path, monkeypatch):
+    from mmzoo.training.demo import MODELS
+    from mmzoo.training.demo import run_demo
+
+    monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
+    assert run_demo(out=tmp_path / "demo", quick=True) == 0
+    summary = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(summary["models"]) == list(MODELS)
+    for name, row in summary["models"].items():
+        assert 0 <= row["accuracy"] <= 1 and row["parameters"] > 0
+        assert (tmp_path / "demo" / name / "confusion_matrix.png").is_file()
+    table = (tmp_path / "demo" / "results.md").read_text()
+    assert "| bilinear |" in table and "Best fusion:" in table
