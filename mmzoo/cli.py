@@ -43,6 +43,7 @@ def _data_check(args):
             multilabel=args.multilabel,
             max_pixels=args.max_pixels,
             decode=not args.headers_only,
+            progress=sys.stdout.isatty(),
         )
     except (ManifestError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -132,6 +133,7 @@ def check_manifest(
     decode=True,
     keep_images=None,
     columns=None,
+    progress=False,
 ):
     """Find every bad row of a manifest, with its line and reason.
 
@@ -147,6 +149,7 @@ def check_manifest(
             and resized as the pipeline does, in `report.images` (decode
             and check in one pass; used for in-memory caching).
         columns: column renaming for `read_manifest`.
+        progress: show a progress bar while images are decoded.
 
     Returns:
         A `DataReport`.
@@ -191,7 +194,7 @@ def check_manifest(
 
     keys, image_ids = _image_keys(manifest)
     image_problems, decoded = _check_images(
-        manifest, keys, max_pixels, decode, keep_images
+        manifest, keys, max_pixels, decode, keep_images, progress
     )
     for index in range(len(manifest)):
         key = image_ids[index]
@@ -268,7 +271,7 @@ def _inspect_file(path, max_pixels):
     return None
 
 
-def _check_images(manifest, keys, max_pixels, decode, keep_images):
+def _check_images(manifest, keys, max_pixels, decode, keep_images, progress):
     """{key: (reason, detail)} for bad images, and the kept pixels."""
     problems = {}
     if manifest.format == "tfrecord":
@@ -315,10 +318,17 @@ def _check_images(manifest, keys, max_pixels, decode, keep_images):
     passed = set()
     dataset = contents.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.ignore_errors()
+    bar = None
+    if progress:
+        bar = keras.utils.Progbar(len(candidates), unit_name="image")
     for key, value in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
         passed.add(int(key))
         if decoded is not None:
             decoded[key] = value
+        if bar is not None and len(passed) % 256 == 0:
+            bar.update(len(passed))
+    if bar is not None:
+        bar.update(len(candidates), finalize=True)
     failed = [key for key in candidates if key not in passed]
     # Failures are rare: decode each again, eagerly, for TensorFlow's message.
     for key, data in _contents_dataset(manifest, keys, failed):

@@ -50,6 +50,7 @@ def make_dataset(
     input_context=None,
     columns=None,
     epoch=None,
+    progress=False,
     return_report=False,
 ):
     """A tf.data pipeline of `({"image", "tokens"}, label)` from a manifest.
@@ -105,6 +106,7 @@ def make_dataset(
             resumed at epoch k repeats an uninterrupted run exactly. (For
             CSV/JSONL sources without a file cache; TFRecord streams and
             file caches shuffle in a buffer seeded once per process.)
+        progress: show a progress bar while the images are checked.
         return_report: also return the `DataReport` and the labels.
 
     Under `tf.distribute`, pass the dataset to
@@ -179,6 +181,7 @@ def make_dataset(
         max_pixels=max_pixels,
         decode=validate,
         keep_images=(image_size, resize) if memory_cache else None,
+        progress=progress,
     )
     if unknown_labels == "error" and "unknown_label" in report.counts:
         unknown = [p for p in report.problems if p.reason == "unknown_label"]

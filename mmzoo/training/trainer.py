@@ -226,6 +226,7 @@ def _data_arguments(config, tokenizer):
         resize=config["resize"],
         max_bad_fraction=config["max_bad_fraction"],
         columns=config["columns"],
+        progress=sys.stdout.isatty(),
     )
 
 
