@@ -17,8 +17,7 @@ import keras
 import tensorflow as tf
 
 from mmzoo.registry import check_choice
-
-STRATEGIES = ("default", "mirrored", "multiworker")
+from mmzoo.training.config import STRATEGIES
 
 _TF_CONFIG_EXAMPLE = (
     '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
