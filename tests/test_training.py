@@ -377,3 +377,40 @@ def test_demo_quick(tmp_path, monkeypatch):
         assert (tmp_path / "demo" / name / "confusion_matrix.png").is_file()
     table = (tmp_path / "demo" / "results.md").read_text()
     assert "| bilinear |" in table and "Best fusion:" in table
+
+
+def test_mixed_precision_run(manifest, tmp_path):
+    policy = keras.config.dtype_policy()
+    result = trainer.train(
+        train=manifest,
+        val=manifest,
+        epochs=1,
+        mixed_precision=True,
+        out=tmp_path / "run",
+        verbose=0,
+        **TINY,
+    )
+    # The run computes in float16 and leaves the global policy as it was.
+    assert keras.config.dtype_policy().name == policy.name
+    run = load_run(tmp_path / "run")
+    assert run.model.get_layer("logits").dtype_policy.name == "mixed_float16"
+    assert np.isfinite(result["metrics"]["val"]["accuracy"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["mixed_precision"] is True
+
+
+def test_xla_run(manifest, tmp_path):
+    # text_only keeps the XLA compilation short on CPU.
+    result = trainer.train(
+        train=manifest,
+        epochs=1,
+        xla=True,
+        fusion="text_only",
+        out=tmp_path / "run",
+        verbose=0,
+        **TINY,
+    )
+    assert np.isfinite(result["metrics"]["parameters"])
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and float(history[1].split(",")[1]) > 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["xla"]
