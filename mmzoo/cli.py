@@ -163,11 +163,55 @@ def _predict(args):
     return 0
 
 
+def _export(args):
+    import os
+
+    from mmzoo.training.runs import load_run
+
+    if not (args.saved_model or args.tflite):
+        print("error: pass --saved-model DIR and/or --tflite FILE", file=sys.stderr)
+        return 2
+    _configure_logging()
+    try:
+        run = load_run(args.model)
+        if args.saved_model:
+            from mmzoo.export.saved_model import export_saved_model
+
+            folder = os.path.normpath(args.saved_model)
+            path = export_saved_model(
+                run,
+                base=os.path.dirname(folder) or ".",
+                name=os.path.basename(folder),
+                version=args.version,
+            )
+            print(f"SavedModel written to {path}")
+        if args.tflite:
+            from mmzoo.export.tflite import export_tflite
+
+            report = export_tflite(
+                run,
+                args.tflite,
+                quantize=args.quantize,
+                representative=args.representative,
+            )
+            print(
+                f"TFLite ({report['quantize']}) written to {report['path']}: "
+                f"{report['bytes']:,} bytes, {report['size_ratio']:.2f}x float32"
+            )
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args):
     from mmzoo.training.demo import run_demo
 
     _configure_logging()
-    return run_demo(out=args.out, quick=args.quick, seed=args.seed)
+    savedmodels = None if args.no_export else args.savedmodels
+    return run_demo(
+        out=args.out, quick=args.quick, seed=args.seed, savedmodels=savedmodels
+    )
 
 
 def _add_train_arguments(parser):
@@ -313,6 +357,32 @@ def build_parser():
     prediction.add_argument("--top-k", type=int, default=5)
     prediction.set_defaults(run=_predict)
 
+    export = commands.add_parser(
+        "export",
+        help="export a trained model for TF Serving and/or TFLite",
+        description="Write a SavedModel under TF Serving's model base path "
+        "(savedmodels/NAME/VERSION, savedmodels/models.config updated) and/or "
+        "a TFLite file with its labels, vocabulary and pure-Python tokenizer.",
+    )
+    export.add_argument("model", help="a run folder or a .keras file in one")
+    export.add_argument(
+        "--saved-model", metavar="DIR", help="e.g. savedmodels/easy_vqa"
+    )
+    export.add_argument("--version", type=int, help="default: the next free one")
+    export.add_argument("--tflite", metavar="FILE", help="e.g. app/model.tflite")
+    export.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "float16", "dynamic", "int8"),
+        help="TFLite quantisation (int8 calibrates on the training manifest)",
+    )
+    export.add_argument(
+        "--representative",
+        metavar="M",
+        help="int8 calibration manifest (default: the run's training data)",
+    )
+    export.set_defaults(run=_export)
+
     demo = commands.add_parser(
         "demo",
         help="the main job: fusions vs unimodal baselines on easy-VQA",
@@ -321,6 +391,14 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--quick", action="store_true", help="a tiny run that checks the wiring"
+    )
+    demo.add_argument(
+        "--savedmodels",
+        default="savedmodels",
+        help="TF Serving model base folder for the export (default savedmodels)",
+    )
+    demo.add_argument(
+        "--no-export", action="store_true", help="skip the SavedModel/TFLite export"
     )
     demo.set_defaults(run=_demo)
     return parser

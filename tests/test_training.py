@@ -369,7 +369,8 @@ def test_demo_quick(tmp_path, monkeypatch):
     from mmzoo.training.demo import run_demo
 
     monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
-    assert run_demo(out=tmp_path / "demo", quick=True) == 0
+    savedmodels = tmp_path / "savedmodels"
+    assert run_demo(out=tmp_path / "demo", quick=True, savedmodels=savedmodels) == 0
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(summary["models"]) == list(MODELS)
     for name, row in summary["models"].items():
@@ -377,6 +378,13 @@ def test_demo_quick(tmp_path, monkeypatch):
         assert (tmp_path / "demo" / name / "confusion_matrix.png").is_file()
     table = (tmp_path / "demo" / "results.md").read_text()
     assert "| bilinear |" in table and "Best fusion:" in table
+    export = summary["export"]
+    assert (savedmodels / "easy_vqa" / "1" / "saved_model.pb").is_file()
+    assert "easy_vqa" in (savedmodels / "models.config").read_text()
+    assert export["saved_model"]["max_abs_diff"] <= 1e-5
+    assert export["tflite_float32"]["max_abs_diff"] <= 1e-5
+    assert export["tflite_int8"]["size_ratio"] < export["tflite_float32"]["size_ratio"]
+    assert "| int8 |" in table
 
 
 def test_mixed_precision_run(manifest, tmp_path):

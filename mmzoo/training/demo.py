@@ -83,7 +83,100 @@ def split_validation(train_manifest, folder, every=10):
     return train_path, val_path
 
 
-def run_demo(out="runs/demo", quick=False, seed=0, models=None):
+def export_best(run_dir, test_manifest, savedmodels="savedmodels", samples=512):
+    """Export a run for TF Serving and TFLite (float32, int8) with parity.
+
+    Returns a dict of figures: the SavedModel's path and its max abs
+    difference from Keras on raw test files, and per TFLite variant its
+    size, size ratio to float32 and parity with Keras.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from mmzoo.data.dataset import make_dataset
+    from mmzoo.data.manifest import read_manifest
+    from mmzoo.export.saved_model import export_saved_model
+    from mmzoo.export.tflite import export_tflite
+    from mmzoo.export.tflite import parity
+    from mmzoo.training.runs import load_run
+
+    run = load_run(run_dir)
+    figures = {}
+    path = export_saved_model(run, base=savedmodels, name="easy_vqa")
+    # Serving parity on raw files: the signature decodes and tokenizes
+    # in the graph; Keras gets the pipeline's tensors for the same rows.
+    manifest = read_manifest(test_manifest)
+    rows = range(min(64, len(manifest)))
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    images = [tf.io.read_file(manifest.images[i]) for i in rows]
+    outputs = served(
+        image_bytes=tf.stack(images),
+        text=tf.constant([manifest.texts[i] for i in rows]),
+    )
+    from mmzoo.data.images import load_image
+
+    pixels = tf.cast(
+        tf.stack(
+            [
+                load_image(data, run.image_size, run.config.get("resize", "stretch"))
+                for data in images
+            ]
+        ),
+        tf.float32,
+    )
+    tokens = run.tokenizer(tf.constant([manifest.texts[i] for i in rows]))
+    expected = run.model({"image": pixels, "tokens": tokens}, training=False)
+    figures["saved_model"] = {
+        "path": path,
+        "max_abs_diff": float(
+            np.max(np.abs(outputs["probabilities"] - expected["probabilities"]))
+        ),
+    }
+    sample = make_dataset(
+        test_manifest,
+        run.tokenizer,
+        run.image_size,
+        batch_size=64,
+        training=False,
+        labels=run.labels,
+    ).take(max(1, samples // 64))
+    folder = os.path.join(run_dir, "tflite")
+    for quantize in ("none", "int8"):
+        name = "float32" if quantize == "none" else quantize
+        report = export_tflite(
+            run, os.path.join(folder, f"easy_vqa_{name}.tflite"), quantize=quantize
+        )
+        check = parity(run, report["path"], sample)
+        figures[f"tflite_{name}"] = {
+            "path": report["path"],
+            "bytes": report["bytes"],
+            "size_ratio": report["size_ratio"],
+            "max_abs_diff": check["max_abs_diff"],
+            "top1_agreement": check["top1_agreement"],
+        }
+    return figures
+
+
+def export_table(figures):
+    lines = [
+        f"SavedModel {figures['saved_model']['path']}: max abs diff from Keras "
+        f"{figures['saved_model']['max_abs_diff']:.2e} on raw test files.",
+        "",
+        "| TFLite | bytes | size vs float32 | max abs diff | top-1 agreement |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in figures.items():
+        if key.startswith("tflite_"):
+            lines.append(
+                f"| {key[7:]} | {row['bytes']:,} | {row['size_ratio']:.2f} "
+                f"| {row['max_abs_diff']:.2e} | {row['top1_agreement']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def run_demo(
+    out="runs/demo", quick=False, seed=0, models=None, savedmodels="savedmodels"
+):
     """Train and compare the demo's models; print and write the results.
 
     Args:
@@ -93,6 +186,10 @@ def run_demo(out="runs/demo", quick=False, seed=0, models=None):
             data, to check the wiring (the targets are not expected).
         seed: the seed of every run.
         models: names from `MODELS` (default all).
+        savedmodels: TF Serving's model base folder: the best fusion is
+            exported there as `easy_vqa/<next version>` and to TFLite
+            (float32 and int8) in its run folder, with parity figures.
+            `None` skips the export.
 
     Returns:
         The process exit status: 0 when the best fusion beats both
@@ -140,10 +237,17 @@ def run_demo(out="runs/demo", quick=False, seed=0, models=None):
             "train_seconds": round(result["train_seconds"], 1),
         }
     summary = _summarize(results, quick)
+    if summary.get("best_fusion") and savedmodels:
+        logger.info("Exporting %s", summary["best_fusion"])
+        summary["export"] = export_best(
+            os.path.join(out, summary["best_fusion"]), test_path, savedmodels
+        )
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
     table = results_table(summary)
+    if "export" in summary:
+        table += "\n\n" + export_table(summary["export"])
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as file:
         file.write(table + "\n")
     print(table)

@@ -1,0 +1,43 @@
+"""Export for serving: SavedModels for TF Serving, and requests to them.
+
+`export_saved_model(run)` writes a trained run as a numbered version under
+TF Serving's model base folder (`savedmodels/<name>/<version>/`), with a
+`serving_default` signature that takes encoded image files and raw texts and
+decodes, resizes and tokenizes them inside the graph exactly as training
+did. `rest_request` and `grpc_request` build requests for it.
+
+`export_tflite(run, "app/model.tflite", quantize=...)` writes a LiteRT file
+(builtin ops only; decoding and tokenization stay in the app, which gets the
+labels, the vocabulary and the pure-Python tokenizer beside the file), and
+`parity` checks it against the Keras model in the LiteRT interpreter.
+
+The names below are imported on first use, so importing `mmzoo.export` does
+not import TensorFlow.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "build_serving_module": "saved_model",
+    "export_saved_model": "saved_model",
+    "write_models_config": "saved_model",
+    "grpc_request": "serving",
+    "read_warmup_requests": "serving",
+    "rest_request": "serving",
+    "convert": "tflite",
+    "export_tflite": "tflite",
+    "parity": "tflite",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mmzoo.export' has no attribute {name!r}")
+    module = importlib.import_module(f"mmzoo.export.{_EXPORTS[name]}")
+    return getattr(module, name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,808 @@
+"""Export a trained run as a SavedModel that TF Serving loads as it is.
+
+`export_saved_model(run)` writes one numeric version of a model under a TF
+Serving model base folder and keeps the folder's `models.config` up to date:
+
+    savedmodels/
+      models.config              one entry per model folder below
+      gated/                     a model: its name in TF Serving
+        1/                       a version: a SavedModel
+          saved_model.pb, variables/
+          model_card.json        inputs, outputs, labels, metrics, versions
+          assets.extra/
+            tf_serving_warmup_requests
+            model_card.json, labels.txt, tokenizer/
+
+The SavedModel has two signatures:
+
+- `serving_default(image_bytes, text)`: a batch of encoded JPEG, PNG, GIF or
+  BMP files and one text per image, both `tf.string` of shape `(batch,)`.
+  Each image goes through `mmzoo.data.images.load_image`, the function the
+  training pipeline uses, and each text through the run's tokenizer, both
+  inside the graph. Returns `probabilities`, `top_k_labels` and
+  `top_k_scores` (`predictions` for regression), and `modality_weights` for
+  fusions that compute them.
+- `predict_tensors(image, tokens)`: the model itself on prepared inputs
+  (float32 pixels in [0, 255], int32 token ids).
+
+Every op in the graph is a core TensorFlow op, or a TensorFlow Text op for a
+WordPiece tokenizer (stock TF Serving links both): a process that imports
+only TensorFlow (and `tensorflow_text`) loads and runs it, without mmzoo,
+Keras or Python code (no `tf.py_function`).
+
+Keras' `ExportArchive` writes the SavedModel (tracking the model's variables
+and the tokenizer's lookup tables, and naming the signatures); what it has no
+notion of is written here: the TF Serving folder layout and config, the
+warmup records, the model card and the files clients need.
+"""
+
+import datetime
+import json
+import os
+import re
+import shutil
+import uuid
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import mmzoo
+from mmzoo.data import images as image_lib
+from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.export import serving
+from mmzoo.registry import TASKS
+from mmzoo.registry import check_choice
+
+SERVING_SIGNATURE = serving.SIGNATURE_NAME
+TENSORS_SIGNATURE = "predict_tensors"
+MODELS_CONFIG = "models.config"
+MODEL_CARD = "model_card.json"
+ASSETS_EXTRA = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+LABELS_FILE = "labels.txt"
+TOKENIZER_FOLDER = "tokenizer"
+# Where `docker run -v "$PWD/savedmodels:/models" tensorflow/serving` mounts
+# the base folder. TF Serving's `--model_config_file` refuses relative
+# `base_path`s (the server never sets the root they would be relative to),
+# so models.config holds absolute paths as the server sees them.
+DEFAULT_SERVING_ROOT = "/models"
+
+# TF Serving's model names appear in URLs (/v1/models/<name>:predict).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# (format, signature, trailer): the trailer is the end marker a complete
+# file ends with (BMP has none), as `mmzoo.data.images.inspect_image` reads
+# them, so a request is refused for the reasons the training data check
+# skips a row.
+_FORMATS = (
+    ("JPEG", image_lib._JPEG_SIGNATURE, image_lib._JPEG_TRAILER),
+    ("PNG", image_lib._PNG_SIGNATURE, image_lib._PNG_TRAILER),
+    ("GIF", image_lib._GIF_SIGNATURE, image_lib._GIF_TRAILER),
+    ("BMP", image_lib._BMP_SIGNATURE, None),
+)
+_UNKNOWN_FORMAT = len(_FORMATS)
+
+
+# === Serving graph ===
+
+
+def _byte_values(contents, start, size):
+    """`size` bytes from `start` as int64 values, zero past the end.
+
+    Padding with zeros makes a short file read as zeros instead of failing,
+    so header fields can be read before the file is known to be complete.
+    """
+    padding = tf.constant(b"\0" * size)
+    field = tf.strings.substr(tf.strings.join([contents, padding]), start, size)
+    values = tf.reshape(tf.io.decode_raw(field, tf.uint8), [size])
+    return tf.cast(values, tf.int64)
+
+
+def _big_endian(values):
+    total = tf.constant(0, tf.int64)
+    for value in tf.unstack(values):
+        total = total * 256 + value
+    return total
+
+
+def _little_endian(values):
+    return _big_endian(tf.reverse(values, [0]))
+
+
+def _image_format(contents):
+    """Index of the file's format in `_FORMATS`, `_UNKNOWN_FORMAT` if none."""
+    matches = [
+        tf.equal(tf.strings.substr(contents, 0, len(signature)), signature)
+        for _, signature, _ in _FORMATS
+    ]
+    # argmax picks the first match; the final `True` catches no match.
+    return tf.argmax(
+        tf.cast(tf.stack([*matches, True]), tf.int32), output_type=tf.int32
+    )
+
+
+def _ends_with_trailer(contents, trailer):
+    """Whether the file ends with `trailer`, then at most a little padding.
+
+    The same rule as `inspect_image` (up to `_TRAILER_SLACK` bytes of zero or
+    whitespace padding), in arithmetic on the bytes rather than a regex: RE2
+    reads its input as UTF-8, and these bytes are not text.
+    """
+    window = len(trailer) + image_lib._TRAILER_SLACK
+    length = tf.strings.length(contents)
+    tail = tf.strings.substr(contents, tf.maximum(length - window, 0), window)
+    values = tf.io.decode_raw(tail, tf.uint8)
+    padding = tf.constant(list(image_lib._PADDING), tf.uint8)
+    is_padding = tf.reduce_any(tf.equal(values[:, tf.newaxis], padding), axis=1)
+    # The length of the run of padding at the very end.
+    run = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.reverse(is_padding, [0]), tf.int32)))
+    end = tf.size(values) - run
+    found = tf.equal(
+        tf.strings.substr(tail, tf.maximum(end - len(trailer), 0), len(trailer)),
+        trailer,
+    )
+    return tf.logical_and(end >= len(trailer), found)
+
+
+def _is_complete(contents, image_format):
+    branches = [
+        (lambda trailer=trailer: _ends_with_trailer(contents, trailer))
+        if trailer is not None
+        # A BMP's completeness depends on its header fields; TensorFlow's
+        # decoder checks the size itself ("Input size should be ...").
+        else (lambda: tf.constant(True))
+        for _, _, trailer in _FORMATS
+    ]
+    return tf.switch_case(image_format, [*branches, lambda: tf.constant(False)])
+
+
+def _declared_pixels(contents, image_format):
+    """width * height as the header declares it, read without decoding."""
+
+    def jpeg():
+        # A core op that reads the frame header only.
+        shape = tf.io.extract_jpeg_shape(contents, output_type=tf.int32)
+        return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+
+    def png():
+        # IHDR: big-endian width and height at bytes 16 and 20.
+        width = _big_endian(_byte_values(contents, 16, 4))
+        height = _big_endian(_byte_values(contents, 20, 4))
+        return width * height
+
+    def gif():
+        # The logical screen: little-endian width and height at bytes 6, 8.
+        width = _little_endian(_byte_values(contents, 6, 2))
+        height = _little_endian(_byte_values(contents, 8, 2))
+        return width * height
+
+    def bmp():
+        header_size = _little_endian(_byte_values(contents, 14, 4))
+        # OS/2 core header: unsigned 16-bit sizes; others: signed 32-bit,
+        # a negative height meaning top-down rows.
+        core = _little_endian(_byte_values(contents, 18, 2)) * _little_endian(
+            _byte_values(contents, 20, 2)
+        )
+        width = _signed32(_little_endian(_byte_values(contents, 18, 4)))
+        height = _signed32(_little_endian(_byte_values(contents, 22, 4)))
+        return tf.where(tf.equal(header_size, 12), core, tf.abs(width * height))
+
+    return tf.switch_case(
+        image_format, [jpeg, png, gif, bmp, lambda: tf.constant(0, tf.int64)]
+    )
+
+
+def _signed32(value):
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _failure(condition, index, problem):
+    """An assertion whose message names the failing element of the batch."""
+    message = tf.strings.join(
+        ["image_bytes[", tf.strings.as_string(index), "] ", problem]
+    )
+    return tf.debugging.Assert(condition, [message])
+
+
+def _checked_image(contents, index, max_pixels):
+    """`contents`, once the header shows a complete, not too large image.
+
+    TensorFlow's decoders fail with messages that do not say which image
+    of a batch is bad, and allocate whatever size a header declares; these
+    checks run first, in the graph, and name the element.
+    """
+    image_format = _image_format(contents)
+    known = _failure(
+        tf.not_equal(image_format, _UNKNOWN_FORMAT),
+        index,
+        "could not be decoded: it is empty or not a JPEG, PNG, GIF or BMP file.",
+    )
+    with tf.control_dependencies([known]):
+        names = tf.constant([name for name, _, _ in _FORMATS] + ["?"])
+        complete = _failure(
+            _is_complete(contents, image_format),
+            index,
+            tf.strings.join(
+                [
+                    "could not be decoded: the ",
+                    tf.gather(names, image_format),
+                    " file is truncated (it ends before its end marker).",
+                ]
+            ),
+        )
+    with tf.control_dependencies([known, complete]):
+        pixels = _declared_pixels(contents, image_format)
+        small = _failure(
+            pixels <= max_pixels,
+            index,
+            tf.strings.join(
+                [
+                    "is too large to decode: its header declares ",
+                    tf.strings.as_string(pixels),
+                    f" pixels, more than max_pixels={max_pixels}.",
+                ]
+            ),
+        )
+    with tf.control_dependencies([known, complete, small]):
+        return tf.identity(contents)
+
+
+class _ServingFunctions:
+    """The signatures' Python functions, traced by `ExportArchive`."""
+
+    def __init__(self, model, tokenizer, label_names, image_size, resize, task, top_k):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_names = label_names
+        self.image_size = image_size
+        self.resize = resize
+        self.task = task
+        self.top_k = top_k
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.text_input = "tokens" if "tokens" in model.input else "text"
+
+    def _load_image(self, element):
+        contents, index = element
+        contents = _checked_image(contents, index, self.max_pixels)
+        return image_lib.load_image(contents, self.image_size, self.resize)
+
+    def _run_model(self, features):
+        # On an empty batch, TensorFlow 2.21's oneDNN Conv2D (the CPU
+        # default) returns its input's shape, (0, H, W, C_in), and the next
+        # layer fails. The model runs on one padding row instead, which the
+        # slice below drops again.
+        count = tf.shape(features["image"])[0]
+        padding = tf.cast(tf.equal(count, 0), tf.int32)
+        features = {
+            name: tf.pad(value, [[0, padding]] + [[0, 0]] * (value.shape.rank - 1))
+            for name, value in features.items()
+        }
+        outputs = self.model(features, training=False)
+        outputs = {name: value[:count] for name, value in outputs.items()}
+        # A mixed-precision model's outputs are float32 already; the cast
+        # keeps the signature's contract if a layer ever computes otherwise.
+        return {
+            name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+            for name, value in outputs.items()
+        }
+
+    def serving_default(self, image_bytes, text):
+        count = tf.shape(image_bytes)[0]
+        same_length = tf.debugging.assert_equal(
+            count,
+            tf.shape(text)[0],
+            message="`image_bytes` and `text` must hold one text per image",
+        )
+        with tf.control_dependencies([same_length]):
+            indices = tf.range(count)
+        pixels = tf.map_fn(
+            self._load_image,
+            (image_bytes, indices),
+            fn_output_signature=tf.TensorSpec(
+                (self.image_size, self.image_size, 3), tf.uint8
+            ),
+        )
+        features = {"image": tf.cast(pixels, tf.float32)}
+        if self.tokenizer is not None:
+            features[self.text_input] = self.tokenizer(text)
+        else:
+            features[self.text_input] = text
+        outputs = self._run_model(features)
+        if self.task == "regression":
+            results = {"predictions": outputs["predictions"]}
+        else:
+            probabilities = outputs["probabilities"]
+            scores = probabilities
+            if self.task == "binary":
+                # One sigmoid unit: the probability of the second label.
+                scores = tf.concat([1.0 - probabilities, probabilities], axis=1)
+            k = min(self.top_k, len(self.label_names))
+            top_scores, top_indices = tf.math.top_k(scores, k=k)
+            results = {
+                "probabilities": probabilities,
+                "top_k_labels": tf.gather(tf.constant(self.label_names), top_indices),
+                "top_k_scores": top_scores,
+            }
+        if "modality_weights" in outputs:
+            results["modality_weights"] = outputs["modality_weights"]
+        return results
+
+    def predict_tokens(self, image, tokens):
+        return self._run_model({"image": image, "tokens": tokens})
+
+    def predict_texts(self, image, text):
+        return self._run_model({"image": image, "text": text})
+
+
+def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
+    check_choice("resize", resize, image_lib.RESIZE_MODES)
+    check_choice("task", task, TASKS)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
+    inputs = set(model.input) if isinstance(model.input, dict) else None
+    if inputs not in ({"image", "tokens"}, {"image", "text"}):
+        raise ValueError(
+            "The model must take a dict of inputs {'image', 'tokens'} (or "
+            "{'image', 'text'} for a TF-Hub text tower), as mmzoo.build_model "
+            f"builds. Received: inputs {sorted(inputs) if inputs else model.input}"
+        )
+    model_size = tuple(model.input["image"].shape[1:3])
+    if model_size != (image_size, image_size):
+        raise ValueError(
+            f"`image_size` must match the model's image input, {model_size}. "
+            f"Received: image_size={image_size!r}"
+        )
+    if "tokens" in inputs:
+        if tokenizer is None:
+            raise ValueError("The model takes `tokens`: pass its `tokenizer`.")
+        length = model.input["tokens"].shape[1]
+        if tokenizer.max_tokens != length:
+            raise ValueError(
+                f"The tokenizer makes {tokenizer.max_tokens} tokens per text but "
+                f"the model's `tokens` input takes {length}."
+            )
+    output = "predictions" if task == "regression" else "probabilities"
+    if output not in model.output:
+        raise ValueError(
+            f"A {task} model has a `{output}` output. Received: outputs "
+            f"{sorted(model.output)}"
+        )
+    if task == "regression":
+        return None
+    if labels is None:
+        raise ValueError(f"A {task} model needs `labels`, its class names.")
+    names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
+    width = model.output["probabilities"].shape[-1]
+    expected = 2 if task == "binary" else width
+    if len(names) != expected:
+        raise ValueError(
+            f"The model has {width} output units, so a {task} task needs "
+            f"{expected} labels. Received: {len(names)} labels"
+        )
+    return names
+
+
+def build_serving_module(
+    model,
+    tokenizer,
+    labels,
+    image_size,
+    resize="stretch",
+    task="multiclass",
+    top_k=5,
+):
+    """A `keras.export.ExportArchive` holding the serving signatures.
+
+    The lower-level half of `export_saved_model`: it builds the signatures
+    (see the module docstring) around a model and its tokenizer, without
+    writing anything. Call `write_out(path)` on the result to write the
+    SavedModel.
+
+    Args:
+        model: an mmzoo model (inputs `image` and `tokens`, or `image` and
+            `text` for a TF-Hub text tower).
+        tokenizer: the `WordTokenizer` or `WordPieceTokenizer` it was trained
+            with (`None` for a TF-Hub text tower).
+        labels: a `LabelVocabulary` or a list of class names in output
+            order (`None` for regression).
+        image_size: the model's input size in pixels.
+        resize: `"stretch"` or `"pad"`, as the run was trained with.
+        task: `"multiclass"`, `"multilabel"`, `"binary"` or `"regression"`.
+        top_k: the number of labels `serving_default` returns (at most the
+            number of classes).
+
+    Returns:
+        A `keras.export.ExportArchive` with the endpoints `serving_default`
+        and `predict_tensors`.
+
+    Example:
+
+    >>> archive = build_serving_module(run.model, run.tokenizer, run.labels,
+    ...                                run.image_size, top_k=3)
+    >>> archive.write_out("exported/1", verbose=False)
+    >>> loaded = tf.saved_model.load("exported/1")
+    >>> loaded.signatures["serving_default"](
+    ...     image_bytes=tf.constant([jpeg_bytes]), text=tf.constant(["a cat"])
+    ... )["top_k_labels"]
+    """
+    label_names = _check_arguments(
+        model, tokenizer, labels, image_size, resize, task, top_k
+    )
+    functions = _ServingFunctions(
+        model, tokenizer, label_names, image_size, resize, task, top_k
+    )
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if tokenizer is not None:
+        # Its lookup tables are resources the signatures use: tracked, they
+        # are saved and initialised when the SavedModel loads.
+        archive.track(tokenizer)
+    archive.add_endpoint(
+        SERVING_SIGNATURE,
+        functions.serving_default,
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name=serving.IMAGE_INPUT),
+            tf.TensorSpec([None], tf.string, name=serving.TEXT_INPUT),
+        ],
+    )
+    image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, "image")
+    if functions.text_input == "tokens":
+        length = model.input["tokens"].shape[1]
+        fn = functions.predict_tokens
+        text_spec = tf.TensorSpec([None, length], tf.int32, "tokens")
+    else:
+        fn = functions.predict_texts
+        text_spec = tf.TensorSpec([None], tf.string, "text")
+    archive.add_endpoint(TENSORS_SIGNATURE, fn, input_signature=[image_spec, text_spec])
+    return archive
+
+
+# === Files around the SavedModel ===
+
+
+def _synthetic_warmup(image_size):
+    """A PNG and a JPEG, so warmup runs both decoders; the text "warmup"."""
+    ramp = np.linspace(0, 255, image_size).astype(np.uint8)
+    red = np.tile(ramp, (image_size, 1))
+    pixels = np.stack([red, red.T, np.full_like(red, 128)], axis=-1)
+    png = tf.io.encode_png(pixels).numpy()
+    jpeg = tf.io.encode_jpeg(pixels).numpy()
+    return [(png, "warmup"), (jpeg, "warmup")]
+
+
+def _check_warmup(examples):
+    """`[(image bytes, text)]`, once each image looks complete and decodable.
+
+    A bad warmup record makes TF Serving refuse the whole version, so a bad
+    image is refused here, before anything is written.
+    """
+    examples = list(examples)
+    if not examples or len(examples) > 999:
+        raise ValueError(
+            "`warmup` must hold 1 to 999 (image, text) pairs (TF Serving reads "
+            f"at most 1000 records). Received: {len(examples)} pairs"
+        )
+    checked = []
+    for index, (image, text) in enumerate(examples):
+        data = serving._image_bytes(image)
+        info = image_lib.inspect_image(data)
+        if info.format is None or info.truncated or info.width is None:
+            where = (
+                f" ({os.fspath(image)})" if isinstance(image, str | os.PathLike) else ""
+            )
+            raise ValueError(
+                f"warmup[{index}]{where} is not a complete JPEG, PNG, GIF or BMP "
+                "image; TF Serving would refuse a version whose warmup fails."
+            )
+        checked.append((data, text))
+    return checked
+
+
+def _write_warmup(path, model_name, examples):
+    """One record per example, then one with all of them as a batch.
+
+    Each distinct batch size TF Serving meets first in a real request would
+    otherwise pay for its own graph warm-up.
+    """
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    batches = [[example] for example in examples]
+    if len(examples) > 1:
+        batches.append(list(examples))
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in batches:
+            images, texts = zip(*batch)
+            request = serving.grpc_request(images, texts, model_name)
+            log = prediction_log_pb2.PredictionLog()
+            log.predict_log.request.CopyFrom(request)
+            writer.write(log.SerializeToString())
+    return len(batches)
+
+
+def _spec_card(spec):
+    return {
+        "dtype": spec.dtype.name,
+        "shape": [None if size is None else int(size) for size in spec.shape],
+    }
+
+
+def _signatures_card(loaded):
+    """Input and output names, dtypes and shapes of the saved signatures."""
+    card = {}
+    for signature in (SERVING_SIGNATURE, TENSORS_SIGNATURE):
+        function = loaded.signatures[signature]
+        _, inputs = function.structured_input_signature
+        card[signature] = {
+            "inputs": {key: _spec_card(spec) for key, spec in inputs.items()},
+            "outputs": {
+                key: _spec_card(spec)
+                for key, spec in sorted(function.structured_outputs.items())
+            },
+        }
+    return card
+
+
+def _model_card(run, signatures, name, version, top_k, label_names, records):
+    tokenizer = run.tokenizer
+    card = {
+        "name": name,
+        "version": version,
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+        "source_run": os.path.abspath(run.directory) if run.directory else None,
+        "task": run.task,
+        "architecture": {
+            key: run.config[key]
+            for key in ("image_tower", "text_tower", "fusion")
+            if key in run.config
+        },
+        "image_size": run.image_size,
+        "resize": run.config.get("resize", "stretch"),
+        "top_k": top_k,
+        "signatures": signatures,
+        "labels": label_names,
+        "labels_file": f"{ASSETS_EXTRA}/{LABELS_FILE}" if label_names else None,
+        "tokenizer": None,
+        "warmup_records": records,
+        "metrics": _read_metrics(run.directory),
+        "versions": {
+            "mmzoo": mmzoo.__version__,
+            "keras": keras.__version__,
+            "tensorflow": tf.__version__,
+        },
+    }
+    if tokenizer is not None:
+        kind = type(tokenizer).__name__
+        card["tokenizer"] = {
+            "type": kind,
+            "vocab_size": tokenizer.vocab_size,
+            "max_tokens": tokenizer.max_tokens,
+            "folder": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}",
+            "vocabulary_file": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}/vocabulary.txt",
+        }
+        if kind == "WordPieceTokenizer":
+            import tensorflow_text
+
+            # Its ops live in TensorFlow Text: a loader must import it.
+            card["tokenizer"]["requires"] = "tensorflow_text"
+            card["versions"]["tensorflow_text"] = tensorflow_text.__version__
+    return card
+
+
+def _read_metrics(directory):
+    path = os.path.join(directory, "metrics.json") if directory else None
+    if path is None or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _next_version(model_folder):
+    versions = [
+        int(entry)
+        for entry in (os.listdir(model_folder) if os.path.isdir(model_folder) else ())
+        if entry.isdigit()
+    ]
+    return max(versions, default=0) + 1
+
+
+def _check_version(version):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            "`version` must be a positive int (TF Serving's version folders are "
+            f"numbers). Received: version={version!r}"
+        )
+
+
+def _default_name(run):
+    name = os.path.basename(os.path.normpath(run.directory or "")) or "model"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("._-")
+    return name or "model"
+
+
+def write_models_config(base="savedmodels", serving_root=DEFAULT_SERVING_ROOT):
+    """(Re)write `<base>/models.config` listing every model folder in `base`.
+
+    A model folder is one holding at least one numeric version folder with a
+    `saved_model.pb`. The file is a text-format `ModelServerConfig` with a
+    `model_config_list`, for `tensorflow_model_server --model_config_file`.
+
+    Args:
+        base: the model base folder.
+        serving_root: where the server sees `base`: each `base_path` is
+            `<serving_root>/<name>`. The default, `/models`, fits the
+            `tensorflow/serving` Docker image with `base` mounted at
+            `/models`. `None` writes the absolute path of `base` on this
+            machine, for a server run here. TF Serving refuses relative
+            base paths.
+
+    Returns:
+        The path of `models.config`.
+
+    Example:
+
+    >>> write_models_config("savedmodels")
+    'savedmodels/models.config'
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base = os.fspath(base)
+    root = os.path.abspath(base) if serving_root is None else serving_root
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in sorted(os.listdir(base)):
+        folder = os.path.join(base, name)
+        if not os.path.isdir(folder) or not _MODEL_NAME.fullmatch(name):
+            continue
+        if not any(
+            entry.isdigit()
+            and os.path.isfile(os.path.join(folder, entry, "saved_model.pb"))
+            for entry in os.listdir(folder)
+        ):
+            continue
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = f"{root.rstrip('/')}/{name}"
+        entry.model_platform = "tensorflow"
+    path = os.path.join(base, MODELS_CONFIG)
+    header = (
+        "# Written by mmzoo.export.export_saved_model: rewritten on every export.\n"
+        f"# base_path is where the server sees {os.path.abspath(base)}.\n"
+    )
+    # Written aside and renamed over the old file: a server polling the file
+    # (--model_config_file_poll_wait_seconds) never reads half of it.
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(header + text_format.MessageToString(config))
+    os.replace(temporary, path)
+    return path
+
+
+def _load_and_warm_up(folder):
+    """Loads the written SavedModel and runs its warmup records through it.
+
+    TF Serving refuses to load a version whose warmup fails; better to find
+    out here, before the version is published.
+
+    Returns:
+        The loaded SavedModel.
+    """
+    loaded = tf.saved_model.load(folder)
+    for index, request in enumerate(serving.read_warmup_requests(folder)):
+        signature = loaded.signatures[request.model_spec.signature_name]
+        inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
+        try:
+            signature(**inputs)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(
+                f"Warmup record {index} fails, so TF Serving would refuse to load "
+                f"this version: {error.message}"
+            ) from None
+    return loaded
+
+
+def export_saved_model(
+    run,
+    base="savedmodels",
+    name=None,
+    version=None,
+    top_k=5,
+    warmup=None,
+    serving_root=DEFAULT_SERVING_ROOT,
+):
+    """Export a run as a new version of a TF Serving model.
+
+    Writes `<base>/<name>/<version>/`: the SavedModel (see the module
+    docstring for its signatures), `model_card.json`, and `assets.extra/`
+    with the warmup requests, the model card, `labels.txt` and the
+    tokenizer's files. The version is written in a hidden folder, loaded
+    back and warmed up, and only then renamed to its number, so a server
+    watching the folder never sees a half-written or broken version. Then
+    `<base>/models.config` is rewritten to list every model in `base`.
+
+    Args:
+        run: a `mmzoo.training.runs.Run` or the path of a run folder.
+        base: the model base folder (TF Serving's `/models`).
+        name: the model's name in TF Serving; defaults to the run folder's
+            name.
+        version: the version number; defaults to one more than the highest
+            present. An existing version is never overwritten.
+        top_k: how many labels `serving_default` returns.
+        warmup: a list of `(image, text)` pairs (image bytes or paths) for
+            the warmup records; defaults to a synthetic PNG and JPEG with the
+            text "warmup".
+        serving_root: where the server sees `base`, for `models.config`
+            (see `write_models_config`).
+
+    Returns:
+        The path of the version folder.
+
+    Example:
+
+    >>> export_saved_model("runs/gated")
+    'savedmodels/gated/1'
+    >>> export_saved_model("runs/gated", top_k=3)
+    'savedmodels/gated/2'
+    """
+    from mmzoo.training.runs import Run
+    from mmzoo.training.runs import load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    name = _default_name(run) if name is None else name
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            "`name` must be letters, digits, '_', '.' or '-', starting with a "
+            f"letter or digit (it appears in TF Serving URLs). Received: name={name!r}"
+        )
+    base = os.fspath(base)
+    model_folder = os.path.join(base, name)
+    if version is None:
+        version = _next_version(model_folder)
+    _check_version(version)
+    target = os.path.join(model_folder, str(version))
+    if os.path.exists(target):
+        raise FileExistsError(
+            f"{target} exists: versions are never overwritten. Pass another "
+            "`version`, or leave it out for the next free number."
+        )
+    examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
+    examples = _check_warmup(examples)
+
+    archive = build_serving_module(
+        run.model,
+        run.tokenizer,
+        run.labels,
+        run.image_size,
+        resize=run.config.get("resize", "stretch"),
+        task=run.task,
+        top_k=top_k,
+    )
+    label_names = None if run.task == "regression" else list(run.labels.names)
+    # A dot-folder: TF Serving only loads numeric version folders. (Not
+    # `tempfile.mkdtemp`, whose mode 0700 would stay with the version.)
+    staging = os.path.join(model_folder, f".export-{uuid.uuid4().hex}")
+    os.makedirs(staging)
+    try:
+        archive.write_out(staging, verbose=False)
+        extra = os.path.join(staging, ASSETS_EXTRA)
+        os.makedirs(extra, exist_ok=True)
+        records = _write_warmup(os.path.join(extra, WARMUP_FILE), name, examples)
+        if label_names is not None:
+            LabelVocabulary(label_names).save(os.path.join(extra, LABELS_FILE))
+        if run.tokenizer is not None:
+            run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
+        signatures = _signatures_card(_load_and_warm_up(staging))
+        card = _model_card(run, signatures, name, version, top_k, label_names, records)
+        for folder in (staging, extra):
+            with open(os.path.join(folder, MODEL_CARD), "w", encoding="utf-8") as file:
+                json.dump(card, file, indent=2, ensure_ascii=False)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_models_config(base, serving_root)
+    return target

@@ -1,0 +1,723 @@
+"""Export a trained run as a TensorFlow Lite (LiteRT) model for apps.
+
+`export_tflite(run, "app/model.tflite")` writes the model and the files an
+app needs beside it:
+
+    app/
+      model.tflite               the model, builtin ops only
+      model.json                 inputs, outputs, image size, preprocessing
+      labels.txt                 class names in output order
+      vocabulary.txt             the tokenizer's vocabulary ...
+      tokenizer.json             ... and its configuration
+      pure_python_tokenizer.py   text -> token ids, standard library only
+
+The graph holds the model alone: its signature `serving_default` takes
+`image` (float32 RGB pixels in [0, 255], shape `(batch, S, S, 3)`) and
+`tokens` (int32 ids, `(batch, max_tokens)`) and returns `probabilities`
+(`predictions` for regression) and, for fusions that compute them,
+`modality_weights`. Decoding images and tokenizing text stay outside, in
+the app: that keeps every op a TFLite builtin (no Select TF ops, no custom
+ops), so the file runs on the stock LiteRT runtime with its default XNNPACK
+delegate. The app prepares inputs as `mmzoo.data.images.load_image` and the
+shipped `pure_python_tokenizer.py` do (see `model.json`).
+
+Quantisations (`quantize=`):
+
+- `"none"`: float32, the reference.
+- `"float16"`: float16 weights, float32 compute; about half the size.
+- `"dynamic"`: int8 weights, activations quantised on the fly. The
+  converter leaves tensors under 1,024 elements in float32, so tiny models
+  barely shrink.
+- `"int8"`: int8 weights and activations, with activation ranges
+  calibrated on a sample of the run's training manifest. The inputs and
+  outputs stay float32 (and the tokens int32): the graph quantises on the
+  way in and dequantises on the way out, so every variant takes the same
+  inputs and an app swaps files without changing code, for the cost of one
+  QUANTIZE op per input and one DEQUANTIZE op per output.
+
+`parity` runs an exported file with the LiteRT interpreter and measures how
+far it is from the Keras model on real examples.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+
+from mmzoo.registry import check_choice
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+SIGNATURE_KEY = "serving_default"
+PYTHON_TOKENIZER = "pure_python_tokenizer.py"
+LABELS_FILE = "labels.txt"
+
+# The app-side recipe for pixels, as `mmzoo.data.images.load_image` does it.
+IMAGE_PREPROCESSING = (
+    "Decode the JPEG, PNG, GIF (first frame) or BMP file to RGB; repeat a "
+    "grayscale channel three times.",
+    "Composite transparency on white: rgb * alpha / 255 + (255 - alpha).",
+    "Resize to image_size x image_size with bilinear interpolation and no "
+    "antialiasing: resize 'stretch' ignores the aspect ratio; 'pad' scales to "
+    "fit inside, keeping the aspect ratio, and centres on black.",
+    "Round half to even and clip to [0, 255] (uint8 pixels).",
+    "Feed as float32 of shape (1, image_size, image_size, 3), values in "
+    "[0, 255]: the model normalises inside.",
+)
+
+
+class ExportError(ValueError):
+    """A model that cannot become a builtin-ops TFLite file, and why."""
+
+
+def convert(model, quantize="none", representative_dataset=None, batch_size=None):
+    """Convert a Keras model to TFLite flatbuffer bytes, builtin ops only.
+
+    Args:
+        model: a Keras model with named inputs and a dict of outputs (any
+            `mmzoo.build_model` model whose text tower takes token ids).
+        quantize: one of `QUANTIZATIONS` (see the module docstring).
+        representative_dataset: for `"int8"`: a function returning an
+            iterable of input dicts (`{"image": (1, S, S, 3) float32,
+            "tokens": (1, L) int32}`), the TFLite converter's convention.
+        batch_size: `None` keeps the batch dimension dynamic (the
+            interpreter resizes it per call); an int fixes it. Recurrent
+            text towers (`bilstm`) convert to the builtin WHILE op only with
+            a fixed batch size.
+
+    Returns:
+        The `.tflite` file's bytes.
+
+    Raises:
+        ExportError: the model needs ops outside the TFLite builtins, or
+            its signature lost the input or output names.
+
+    Example:
+
+    >>> model = mmzoo.build_model("small_cnn_bow_concat", num_classes=3)
+    >>> content = convert(model, quantize="float16")
+    >>> list_ops(content)[:3]
+    ['ADD', 'CAST', 'CONCATENATION']
+    """
+    import tensorflow as tf
+
+    check_choice("quantize", quantize, QUANTIZATIONS)
+    if quantize == "int8" and representative_dataset is None:
+        raise ValueError(
+            "`quantize='int8'` calibrates activation ranges on examples: pass "
+            "`representative_dataset`, a function returning an iterable of "
+            "input dicts."
+        )
+    if batch_size is not None and (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            "`batch_size` must be None (dynamic) or a positive integer. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    _check_convertible(model)
+
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    options = {"target_spec": {"supported_ops": [builtins]}}
+    if quantize == "float16":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+        options["target_spec"]["supported_types"] = [tf.float16]
+    elif quantize == "dynamic":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+        options["representative_dataset"] = representative_dataset
+        # Integer kernels only: the converter is documented to raise on an
+        # op it cannot quantise rather than leave it in float32. Integer
+        # and boolean mask arithmetic on `tokens` stays int32/bool, as it is
+        # in the float model.
+        options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    input_signature = None
+    if batch_size is not None:
+        input_signature = [
+            {
+                name: tf.TensorSpec([batch_size, *tensor.shape[1:]], tensor.dtype, name)
+                for name, tensor in model.input.items()
+            }
+        ]
+
+    # Keras 3's own LiteRT exporter (ExportArchive -> SavedModel ->
+    # TFLiteConverter.from_saved_model) names the signature's inputs and
+    # outputs after the model's dicts ("image", "tokens" -> "probabilities",
+    # "modality_weights"), and passes `options` to the converter; we replace
+    # its default ops set, which adds SELECT_TF_OPS, with the builtins. On
+    # TF 2.21 / Keras 3.15 the alternatives were worse:
+    # `from_concrete_functions` left the Keras 3 variables as unfrozen
+    # VAR_HANDLE/READ_VARIABLE ops (the file returned NaN), and
+    # `from_keras_model` feeds the dict-input model a list (Keras warns that
+    # the structure does not match).
+    with (
+        tempfile.TemporaryDirectory(prefix="mmzoo-tflite-") as folder,
+        warnings.catch_warnings(),
+    ):
+        # int8 calibration runs TensorFlow's own (deprecated) interpreter
+        # inside the converter, which warns about itself.
+        warnings.filterwarnings("ignore", r"(?s).*tf\.lite\.Interpreter is deprecated")
+        path = os.path.join(folder, "model.tflite")
+        try:
+            model.export(
+                path,
+                format="litert",
+                verbose=False,
+                input_signature=input_signature,
+                **options,
+            )
+        except Exception as error:  # the converter raises several types
+            raise _conversion_error(error, quantize, batch_size) from error
+        with open(path, "rb") as file:
+            content = file.read()
+    check_builtin_ops(content)
+    _check_signature(content, model)
+    return content
+
+
+def _check_convertible(model):
+    inputs = getattr(model, "input", None)
+    outputs = getattr(model, "output", None)
+    if not isinstance(inputs, dict) or not isinstance(outputs, dict):
+        raise ExportError(
+            "TFLite export takes a model with named inputs and outputs (dicts), "
+            "as `mmzoo.build_model` builds. Received inputs of type "
+            f"{type(inputs).__name__} and outputs of type {type(outputs).__name__}."
+        )
+    strings = [name for name, tensor in inputs.items() if tensor.dtype == "string"]
+    if strings:
+        raise ExportError(
+            f"The model takes raw strings ({strings}): its text tower tokenizes "
+            "inside the graph (a TF-Hub tower), which needs TensorFlow ops that "
+            "TFLite builtins lack. Export a model whose text tower takes token "
+            "ids, or use `mmzoo.export.export_saved_model`."
+        )
+
+
+def _conversion_error(error, quantize, batch_size):
+    message = str(error)
+    hint = ""
+    if "TensorList" in message and batch_size is None:
+        hint = (
+            " A recurrent layer (the `bilstm` text tower) becomes the builtin "
+            "WHILE op only with a fixed batch size: pass `batch_size=1`."
+        )
+    elif quantize == "int8":
+        hint = (
+            " With quantize='int8' every op needs an integer kernel; "
+            "quantize='dynamic' keeps activations in float32."
+        )
+    elif "Select TF" in message or "Flex" in message or "custom op" in message:
+        hint = (
+            " The graph must hold TFLite builtin ops only: image decoding and "
+            "tokenization belong in the app, outside the model."
+        )
+    last_lines = "\n".join(message.strip().splitlines()[-12:])
+    return ExportError(
+        f"TFLite conversion (quantize={quantize!r}) failed.{hint}\n"
+        f"Converter error (end):\n{last_lines}"
+    )
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated
+
+
+def list_ops(content):
+    """The distinct op types in a TFLite flatbuffer, over all subgraphs.
+
+    Read from the file's operator codes (not from an interpreter, which
+    could not even load a model whose custom ops it lacks).
+
+    Args:
+        content: the file's bytes, or its path.
+
+    Returns:
+        A sorted list of names: builtin ops by their schema name
+        (`"CONV_2D"`), custom ops as `"CUSTOM:<code>"` (Select TF ops are
+        custom ops whose code starts with "Flex").
+    """
+    if isinstance(content, (str, os.PathLike)):
+        with open(content, "rb") as file:
+            content = file.read()
+    schema = _schema()
+    names = {
+        value: name
+        for name, value in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+    model = schema.Model.GetRootAs(content, 0)
+    codes = []
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        # Codes above 127 live in `builtin_code`; older files only set
+        # `deprecated_builtin_code` (the schema's documented rule).
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.CustomCode()
+            codes.append(
+                f"CUSTOM:{custom.decode('utf-8', 'replace') if custom else ''}"
+            )
+        else:
+            codes.append(names.get(builtin, f"UNKNOWN_BUILTIN_{builtin}"))
+    used = set()
+    for subgraph_index in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(subgraph_index)
+        for op_index in range(subgraph.OperatorsLength()):
+            used.add(codes[subgraph.Operators(op_index).OpcodeIndex()])
+    return sorted(used)
+
+
+def check_builtin_ops(content):
+    """Raise `ExportError` if a TFLite file holds any non-builtin op.
+
+    Args:
+        content: the file's bytes, or its path.
+
+    Returns:
+        The sorted op names (`list_ops`), all builtin.
+    """
+    ops = list_ops(content)
+    custom = [op for op in ops if op.startswith("CUSTOM:") or op.startswith("UNKNOWN")]
+    if custom:
+        raise ExportError(
+            f"The TFLite graph holds ops that are not TFLite builtins: {custom}. "
+            "Select TF ops (Flex...) and custom ops need runtimes the stock "
+            "LiteRT interpreter lacks; keep decoding and tokenization outside "
+            "the model."
+        )
+    return ops
+
+
+def _interpreter(model_path=None, model_content=None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    # The default op resolver applies the XNNPACK delegate, as an app's does.
+    return Interpreter(model_path=model_path, model_content=model_content)
+
+
+def signature_details(content):
+    """Inputs and outputs of a TFLite file's `serving_default` signature.
+
+    Args:
+        content: the file's bytes, or its path.
+
+    Returns:
+        `{"inputs": [...], "outputs": [...]}`, each entry a dict with
+        `name`, `shape` (-1 for a dynamic dimension) and `dtype`, sorted by
+        name.
+    """
+    if isinstance(content, (str, os.PathLike)):
+        runner = _interpreter(model_path=os.fspath(content)).get_signature_runner(
+            SIGNATURE_KEY
+        )
+    else:
+        runner = _interpreter(model_content=content).get_signature_runner(SIGNATURE_KEY)
+
+    def describe(details):
+        return [
+            {
+                "name": name,
+                "shape": [int(side) for side in detail["shape_signature"]],
+                "dtype": np.dtype(detail["dtype"]).name,
+            }
+            for name, detail in sorted(details.items())
+        ]
+
+    return {
+        "inputs": describe(runner.get_input_details()),
+        "outputs": describe(runner.get_output_details()),
+    }
+
+
+def _check_signature(content, model):
+    details = signature_details(content)
+    inputs = sorted(entry["name"] for entry in details["inputs"])
+    outputs = sorted(entry["name"] for entry in details["outputs"])
+    if inputs != sorted(model.input) or outputs != sorted(model.output):
+        raise ExportError(
+            f"The TFLite signature {SIGNATURE_KEY!r} has inputs {inputs} and "
+            f"outputs {outputs}; the model has inputs {sorted(model.input)} and "
+            f"outputs {sorted(model.output)}. Name every `keras.Input` and "
+            "return a dict of outputs."
+        )
+
+
+def _as_run(run):
+    from mmzoo.training.runs import Run
+    from mmzoo.training.runs import load_run
+
+    return run if isinstance(run, Run) else load_run(run)
+
+
+def _sample_rows(manifest, count, seed=0):
+    """A manifest of `count` rows drawn at random (in manifest order)."""
+    if len(manifest) <= count:
+        return manifest
+    rows = np.sort(np.random.default_rng(seed).choice(len(manifest), count, False))
+
+    def pick(column):
+        return [column[row] for row in rows] if column else column
+
+    return dataclasses.replace(
+        manifest,
+        lines=pick(manifest.lines),
+        images=pick(manifest.images),
+        texts=pick(manifest.texts),
+        labels=pick(manifest.labels),
+        records=pick(manifest.records),
+        infos=pick(manifest.infos),
+        problems=[],
+    )
+
+
+def _single_examples(batches, names):
+    """Input dicts of batch 1 from batches of `(features, label)` or features."""
+    for batch in batches:
+        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        arrays = {name: np.asarray(features[name]) for name in names}
+        for index in range(len(arrays[names[0]])):
+            yield {name: array[index : index + 1] for name, array in arrays.items()}
+
+
+def calibration_examples(run, representative=None, num_calibration=200, seed=0):
+    """The examples `quantize='int8'` calibrates on: a generator function.
+
+    Args:
+        run: a `Run`.
+        representative: `None` for the run's training manifest
+            (`run.config["train"]`), a manifest path or `Manifest`, or an
+            iterable of batches (`(features, label)` pairs or feature dicts,
+            e.g. a `make_dataset` pipeline).
+        num_calibration: the most examples to use; a manifest is sampled at
+            random (with `seed`) down to this many rows.
+        seed: the sampling seed.
+
+    Returns:
+        A function returning a generator of input dicts of batch 1, as the
+        TFLite converter's `representative_dataset` expects.
+    """
+    from mmzoo.data.dataset import make_dataset
+    from mmzoo.data.manifest import Manifest
+    from mmzoo.data.manifest import read_manifest
+
+    if (
+        not isinstance(num_calibration, int)
+        or isinstance(num_calibration, bool)
+        or num_calibration < 1
+    ):
+        raise ValueError(
+            "`num_calibration` must be a positive integer. "
+            f"Received: num_calibration={num_calibration!r}"
+        )
+    names = sorted(run.model.input)
+    if representative is None:
+        representative = run.config.get("train")
+        if representative is None:
+            raise ValueError(
+                "quantize='int8' calibrates on the run's training manifest, but "
+                f"{run.directory}'s configuration names none: pass "
+                "`representative=`, a manifest path or a dataset."
+            )
+        if not os.path.exists(representative):
+            raise FileNotFoundError(
+                f"quantize='int8' calibrates on the run's training manifest, "
+                f"{representative!r} (from {run.directory}'s configuration), "
+                "which is not there (a path relative to where training ran?): "
+                "pass `representative=`, a manifest path or a dataset."
+            )
+    if isinstance(representative, (str, os.PathLike, Manifest)):
+        manifest = representative
+        if not isinstance(manifest, Manifest):
+            manifest = read_manifest(manifest, run.config.get("columns"))
+        manifest = _sample_rows(manifest, num_calibration, seed)
+        batches = make_dataset(
+            manifest,
+            run.tokenizer,
+            run.image_size,
+            batch_size=1,
+            training=False,
+            labels=run.labels,
+            task=run.task,
+            resize=run.config.get("resize", "stretch"),
+            # Calibration only needs examples: bad rows are skipped, not fatal.
+            max_bad_fraction=1.0,
+            unknown_labels="skip",
+        )
+    else:
+        batches = representative
+
+    def examples():
+        count = 0
+        for example in _single_examples(batches, names):
+            if count == num_calibration:
+                break
+            count += 1
+            yield {name: example[name] for name in names}
+        if count == 0:
+            raise ValueError("The calibration data holds no examples.")
+
+    return examples
+
+
+def export_tflite(
+    run,
+    path,
+    quantize="none",
+    representative=None,
+    num_calibration=200,
+    batch_size=None,
+):
+    """Write a run as a `.tflite` file with what an app needs beside it.
+
+    Tokenization stays outside the graph (the shipped
+    `pure_python_tokenizer.py` does it for word tokenizers; an end-to-end
+    file with TF Text custom ops is not offered), and so does image
+    decoding: the file holds TFLite builtin ops only, which is checked.
+
+    Args:
+        run: a `Run` (`mmzoo.training.runs.load_run`) or a run folder.
+        path: the `.tflite` file to write; its folder receives
+            `labels.txt`, `vocabulary.txt`, `tokenizer.json`,
+            `pure_python_tokenizer.py` and `<name>.json`.
+        quantize: one of `QUANTIZATIONS` (see the module docstring).
+        representative: for `"int8"`, the calibration data (see
+            `calibration_examples`); default the run's training manifest.
+        num_calibration: the most calibration examples (`"int8"`).
+        batch_size: `None` for a dynamic batch; an int fixes it (needed by
+            the `bilstm` text tower).
+
+    Returns:
+        A report dict: `path`, `bytes`, `float32_bytes` (the float32 file's
+        size, converted too when `quantize` is not "none"), `size_ratio`
+        (`bytes / float32_bytes`), `quantize`, `ops`, `calibration_examples`
+        (int8) and `files` (everything written).
+
+    Example:
+
+    >>> report = export_tflite("runs/gated", "app/model.tflite", quantize="int8")
+    >>> sorted(os.listdir("app"))  # doctest: +NORMALIZE_WHITESPACE
+    ['labels.txt', 'model.json', 'model.tflite', 'pure_python_tokenizer.py',
+     'tokenizer.json', 'vocabulary.txt']
+    """
+    check_choice("quantize", quantize, QUANTIZATIONS)
+    path = os.fspath(path)
+    if not path.endswith(".tflite"):
+        raise ValueError(f"`path` must end with '.tflite'. Received: path={path!r}")
+    run = _as_run(run)
+    if run.tokenizer is None and "tokens" in run.model.input:
+        raise ExportError(f"{run.directory} has no tokenizer for the `tokens` input.")
+    _check_convertible(run.model)
+
+    representative_dataset = None
+    calibrated = []
+    if quantize == "int8":
+        examples = calibration_examples(run, representative, num_calibration)
+
+        def representative_dataset():
+            for example in examples():
+                calibrated.append(1)
+                yield example
+
+    content = convert(run.model, quantize, representative_dataset, batch_size)
+    if quantize == "none":
+        float32_bytes = len(content)
+    else:
+        float32_bytes = len(convert(run.model, "none", batch_size=batch_size))
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(content)
+    files = [path, *_write_companions(run, path, content, quantize, batch_size)]
+    report = {
+        "path": path,
+        "bytes": len(content),
+        "float32_bytes": float32_bytes,
+        "size_ratio": len(content) / float32_bytes,
+        "quantize": quantize,
+        "ops": list_ops(content),
+        "files": files,
+    }
+    if quantize == "int8":
+        report["calibration_examples"] = len(calibrated)
+    return report
+
+
+def _write_companions(run, path, content, quantize, batch_size):
+    """labels.txt, the tokenizer files, the Python tokenizer and the card."""
+    from mmzoo.data import pure_python_tokenizer
+
+    folder = os.path.dirname(os.path.abspath(path))
+    written = []
+    if run.labels is not None:
+        written.append(run.labels.save(os.path.join(folder, LABELS_FILE)))
+    tokenizer_card = None
+    if run.tokenizer is not None:
+        run.tokenizer.save(folder)
+        written += [
+            os.path.join(folder, pure_python_tokenizer.VOCABULARY_FILE),
+            os.path.join(folder, pure_python_tokenizer.CONFIG_FILE),
+        ]
+        with open(os.path.join(folder, pure_python_tokenizer.CONFIG_FILE)) as file:
+            tokenizer_config = json.load(file)
+        tokenizer_card = {
+            "type": tokenizer_config["type"],
+            "max_tokens": tokenizer_config.get("max_tokens"),
+            "vocabulary": pure_python_tokenizer.VOCABULARY_FILE,
+            "config": pure_python_tokenizer.CONFIG_FILE,
+        }
+        if tokenizer_config["type"] == "word":
+            # The pure-Python twin of the training tokenizer: same ids.
+            target = os.path.join(folder, PYTHON_TOKENIZER)
+            shutil.copyfile(pure_python_tokenizer.__file__, target)
+            written.append(target)
+            tokenizer_card["python"] = PYTHON_TOKENIZER
+            tokenizer_card["usage"] = (
+                "from pure_python_tokenizer import PythonWordTokenizer; "
+                "ids = PythonWordTokenizer.from_directory(folder).encode([text]) "
+                "-> int32 array of shape (1, max_tokens)"
+            )
+        else:
+            tokenizer_card["python"] = None
+            tokenizer_card["usage"] = (
+                "BERT WordPiece (lower-case and accents as tokenizer.json says; "
+                "[CLS] ... [SEP], padded with [PAD] = 0); mmzoo ships no "
+                "pure-Python WordPiece tokenizer."
+            )
+    signature = signature_details(content)
+    name = os.path.splitext(os.path.basename(path))[0]
+    card = {
+        "format": "tflite",
+        "model": os.path.basename(path),
+        "signature": SIGNATURE_KEY,
+        "inputs": signature["inputs"],
+        "outputs": signature["outputs"],
+        "task": run.task,
+        "labels": LABELS_FILE if run.labels is not None else None,
+        "image_size": run.image_size,
+        "resize": run.config.get("resize", "stretch"),
+        "quantize": quantize,
+        "batch_size": batch_size,
+        "preprocessing": {
+            "image": list(IMAGE_PREPROCESSING),
+            "image_reference": "mmzoo.data.images.load_image",
+            "text": tokenizer_card,
+        },
+        "ops": list_ops(content),
+    }
+    card_path = os.path.join(folder, f"{name}.json")
+    with open(card_path, "w", encoding="utf-8") as file:
+        json.dump(card, file, indent=2, ensure_ascii=False)
+        file.write("\n")
+    written.append(card_path)
+    return written
+
+
+def _feature_batches(features):
+    if isinstance(features, dict):
+        return [features]
+    return features
+
+
+def _cosine(a, b):
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    # Two zero vectors agree; one zero vector does not.
+    both_zero = norms == 0
+    same = np.all(a == b, axis=1)
+    return np.where(
+        both_zero, same.astype(np.float64), dots / np.where(norms, norms, 1)
+    )
+
+
+def parity(run_or_model, tflite_path, features):
+    """Compare a `.tflite` file with its Keras model on the same inputs.
+
+    The file runs in the LiteRT interpreter (`ai_edge_litert`, default
+    XNNPACK delegate) through its `serving_default` signature runner, as an
+    app runs it.
+
+    Args:
+        run_or_model: a `Run` or a Keras model.
+        tflite_path: the `.tflite` file.
+        features: an input dict of arrays (one batch), or an iterable of
+            batches: `(features, label)` pairs or feature dicts (e.g. a
+            `make_dataset` pipeline).
+
+    Returns:
+        A dict: `examples`, `output` (the compared output, "probabilities"
+        or "predictions"), `max_abs_diff` (over that output),
+        `cosine_similarity` (mean over examples), `top1_agreement` (the
+        fraction of examples with the same arg-max; for one sigmoid unit,
+        the same side of 0.5; `None` for regression) and
+        `max_abs_diff_by_output` (every output).
+
+    Example:
+
+    >>> dataset = make_dataset("val.csv", run.tokenizer, run.image_size,
+    ...                        training=False, labels=run.labels)
+    >>> parity(run, "app/model.tflite", dataset)["top1_agreement"]
+    1.0
+    """
+    model = getattr(run_or_model, "model", run_or_model)
+    runner = _interpreter(model_path=os.fspath(tflite_path)).get_signature_runner(
+        SIGNATURE_KEY
+    )
+    input_details = runner.get_input_details()
+    fixed_batch = {
+        int(detail["shape_signature"][0]) for detail in input_details.values()
+    } - {-1}
+    step = fixed_batch.pop() if fixed_batch else None
+    main = "predictions" if "predictions" in model.output else "probabilities"
+    got, want = {}, {}
+    for batch in _feature_batches(features):
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        inputs = {
+            name: np.asarray(batch[name]).astype(detail["dtype"], copy=False)
+            for name, detail in input_details.items()
+        }
+        size = len(next(iter(inputs.values())))
+        reference = model(inputs, training=False)
+        for start in range(0, size, step or size):
+            chunk = {
+                name: array[start : start + (step or size)]
+                for name, array in inputs.items()
+            }
+            for name, value in runner(**chunk).items():
+                got.setdefault(name, []).append(np.array(value))
+        for name, value in reference.items():
+            want.setdefault(name, []).append(np.asarray(value))
+    if not want:
+        raise ValueError("`features` holds no examples.")
+    got = {name: np.concatenate(values) for name, values in got.items()}
+    want = {name: np.concatenate(values) for name, values in want.items()}
+    by_output = {
+        name: float(np.max(np.abs(got[name].astype(np.float64) - want[name])))
+        for name in want
+    }
+    tflite, keras_values = got[main], want[main]
+    if main == "predictions":
+        agreement = None
+    elif keras_values.shape[-1] == 1:
+        agreement = float(np.mean((tflite[:, 0] > 0.5) == (keras_values[:, 0] > 0.5)))
+    else:
+        agreement = float(np.mean(tflite.argmax(-1) == keras_values.argmax(-1)))
+    return {
+        "examples": len(keras_values),
+        "output": main,
+        "max_abs_diff": by_output[main],
+        "cosine_similarity": float(np.mean(_cosine(tflite, keras_values))),
+        "top1_agreement": agreement,
+        "max_abs_diff_by_output": by_output,
+    }
