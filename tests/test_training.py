@@ -422,3 +422,40 @@ def test_xla_run(manifest, tmp_path):
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and float(history[1].split(",")[1]) > 0
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["xla"]
+
+
+def test_export_command(manifest, tmp_path):
+    trainer.train(
+        train=manifest,
+        epochs=1,
+        fusion="gated",
+        out=tmp_path / "run",
+        verbose=0,
+        **TINY,
+    )
+    models = tmp_path / "savedmodels" / "vqa"
+    result = mmzoo_cli(
+        "export",
+        tmp_path / "run",
+        "--saved-model",
+        models,
+        "--tflite",
+        tmp_path / "app" / "vqa.tflite",
+        "--quantize",
+        "dynamic",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (models / "1" / "saved_model.pb").is_file()
+    assert "vqa" in (tmp_path / "savedmodels" / "models.config").read_text()
+    for name in (
+        "vqa.tflite",
+        "labels.txt",
+        "vocabulary.txt",
+        "pure_python_tokenizer.py",
+    ):
+        assert (tmp_path / "app" / name).is_file(), name
+    assert "TFLite (dynamic) written" in result.stdout
+    again = mmzoo_cli("export", tmp_path / "run", "--saved-model", models)
+    assert again.returncode == 0 and (models / "2").is_dir()
+    refused = mmzoo_cli("export", tmp_path / "run")
+    assert refused.returncode == 2 and "--saved-model" in refused.stderr
