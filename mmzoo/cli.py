@@ -1,6 +1,7 @@
 """The `mmzoo` command line."""
 
 import argparse
+import os
 import sys
 
 from mmzoo import __version__
@@ -254,6 +255,25 @@ def _add_train_arguments(parser):
     )
 
 
+def _benchmark(argv):
+    """`mmzoo benchmark ...`: hands its arguments to `benchmarks.suite`."""
+    # The suite lives in the repository's benchmarks/ folder, beside the
+    # package (an editable install or a checkout), not in the wheel.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "benchmarks", "suite.py")):
+        print(
+            "error: `mmzoo benchmark` runs from a source checkout (`pip install "
+            f"-e .`): there is no benchmarks/suite.py beside {root}/mmzoo.",
+            file=sys.stderr,
+        )
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import suite
+
+    return suite.main(argv)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mmzoo",
@@ -401,10 +421,22 @@ def build_parser():
         "--no-export", action="store_true", help="skip the SavedModel/TFLite export"
     )
     demo.set_defaults(run=_demo)
+
+    # Parsed by benchmarks/suite.py itself (see `main`); listed here for
+    # `mmzoo --help`.
+    commands.add_parser(
+        "benchmark",
+        add_help=False,
+        help="throughput, fusion overhead, pipeline, serving and TFLite latency "
+        "(mmzoo benchmark --help)",
+    )
     return parser
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["benchmark"]:
+        return _benchmark(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -11,7 +11,7 @@ from mmzoo.registry import check_choice
 # name -> (keras.applications constructor, preprocessing mode). `None` means
 # the application already rescales raw pixels inside its own graph
 # (MobileNetV3's and EfficientNet's `include_preprocessing`).
-_APPLICATIONS = {
+APPLICATIONS = {
     "vgg16": ("VGG16", "caffe"),
     "vgg19": ("VGG19", "caffe"),
     "resnet50": ("ResNet50", "caffe"),
@@ -83,7 +83,7 @@ def build_image_tower(
         backbone = _small_cnn(image_size, filters, weights)
         x = backbone(image)
     else:
-        constructor, mode = _APPLICATIONS[name]
+        constructor, mode = APPLICATIONS[name]
         x = image
         if mode is not None:
             x = ImagePreprocessing(mode, name="preprocessing")(x)

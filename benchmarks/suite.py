@@ -1,0 +1,371 @@
+"""`mmzoo benchmark`: the suites, and the run that writes their results.
+
+    mmzoo benchmark --suite quick --out bench/
+
+writes `bench/results.json` (every figure, rewritten after each
+configuration so an interrupted run keeps what it measured),
+`bench/results.md` (the tables) and `bench/*.png` (the plots).
+
+The quick suite takes a few minutes on two CPU cores: MobileNetV3-Small at
+224 px bare and fused (concat, weighted sum, gated and cross-attention,
+each with the bag-of-words and the CNN text tower: the fusions the issue
+sets overhead targets for), small_cnn bare and fused, the input pipeline,
+and serving and TFLite latency. The full suite sweeps every image tower x
+text tower x fusion x batch size x precision x XLA setting; it is meant
+for an accelerator, and any flag below narrows it.
+
+Each configuration runs in a fresh process (see
+`throughput.measure_isolated`). The pipeline, serving and TFLite parts
+need TensorFlow and run on that backend only; on `--backend jax` or
+`torch` they are recorded as skipped, with the reason.
+"""
+
+import argparse
+import datetime
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+BACKENDS = ("tensorflow", "jax", "torch")
+PARTS = ("throughput", "pipeline", "serving", "tflite")
+TOWERS = ("vgg16", "resnet50", "mobilenet_v3_small", "small_cnn")
+TEXT_TOWERS = ("bow", "cnn", "bilstm", "transformer")
+FUSIONS = (
+    "concat",
+    "weighted_sum",
+    "gated",
+    "modality_attention",
+    "cross_attention",
+    "bilinear",
+    "late",
+)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+SUITES = {
+    "quick": {
+        "description": "a few minutes on 2 CPU cores",
+        # (tower, image size, text towers, fusions); the bare tower is
+        # always measured too.
+        "models": [
+            (
+                "mobilenet_v3_small",
+                224,
+                ("bow", "cnn"),
+                ("concat", "weighted_sum", "gated", "cross_attention"),
+            ),
+            ("small_cnn", 64, ("bow",), ("concat",)),
+        ],
+        "batch_sizes": (16,),
+        "precisions": ("float32",),
+        "xla": (False,),
+        "steps": 3,
+        "repeats": 3,
+        "warmup": 2,
+        "pipeline": {"repeats": 3, "photos": 64, "batches": 20, "training": False},
+        "latency_models": [("small_cnn", 64), ("mobilenet_v3_small", 224)],
+        "batch_sizes_serving": (1, 16),
+        "calls": 20,
+    },
+    "full": {
+        "description": "every combination; hours, meant for an accelerator",
+        "models": [(tower, 224, TEXT_TOWERS, FUSIONS) for tower in TOWERS],
+        "batch_sizes": (64, 256),
+        "precisions": PRECISIONS,
+        "xla": (False, True),
+        "steps": 10,
+        "repeats": 5,
+        "warmup": 3,
+        "pipeline": {"repeats": 5, "photos": 300, "batches": 60},
+        "latency_models": [
+            ("small_cnn", 64),
+            ("mobilenet_v3_small", 224),
+            ("resnet50", 224),
+        ],
+        "batch_sizes_serving": (1, 16, 64),
+        "calls": 50,
+    },
+}
+
+
+def _csv(kind, choices=None, cast=str):
+    def parse(text):
+        values = [cast(value.strip()) for value in text.split(",") if value.strip()]
+        bad = [value for value in values if choices and value not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(
+                f"{kind} must be a comma-separated list of {list(choices or [])}. "
+                f"Received: {text!r}"
+            )
+        return values
+
+    return parse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="mmzoo benchmark",
+        description="Measure training and inference throughput, fusion overhead, "
+        "the input pipeline, and serving and TFLite latency.",
+    )
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend (default: KERAS_BACKEND, else tensorflow)",
+    )
+    parser.add_argument("--out", required=True, help="folder for the results")
+    parser.add_argument(
+        "--parts",
+        type=_csv("--parts", PARTS),
+        default=list(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)}",
+    )
+    narrow = parser.add_argument_group("narrow the suite's sweep")
+    narrow.add_argument("--towers", type=_csv("--towers", TOWERS))
+    narrow.add_argument("--text-towers", type=_csv("--text-towers", TEXT_TOWERS))
+    narrow.add_argument("--fusions", type=_csv("--fusions", FUSIONS))
+    narrow.add_argument("--batch-sizes", type=_csv("--batch-sizes", cast=int))
+    narrow.add_argument("--precisions", type=_csv("--precisions", PRECISIONS))
+    narrow.add_argument("--xla", choices=("off", "on", "both"))
+    narrow.add_argument("--image-size", type=int, help="one size for every tower")
+    narrow.add_argument("--steps", type=int, help="steps per timed repeat")
+    narrow.add_argument("--repeats", type=int, help="timed repeats (median taken)")
+    narrow.add_argument("--warmup", type=int, help="untimed steps first")
+    narrow.add_argument("--calls", type=int, help="latency calls (median taken)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every configuration in this process: faster, but peak "
+        "memory is then only a lower bound",
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=1800, help="seconds per configuration"
+    )
+    return parser
+
+
+def settings(args):
+    """The suite's settings with the command line's narrowing applied."""
+    suite = SUITES[args.suite]
+    models = []
+    for tower, size, texts, fusions in suite["models"]:
+        if args.towers and tower not in args.towers:
+            continue
+        texts = [t for t in (args.text_towers or texts)]
+        fusions = [f for f in (args.fusions or fusions)]
+        models.append((tower, args.image_size or size, texts, fusions))
+    for tower in args.towers or []:  # a tower the suite leaves out
+        if tower not in [model[0] for model in models]:
+            models.append(
+                (
+                    tower,
+                    args.image_size or 224,
+                    args.text_towers or ["bow"],
+                    args.fusions or ["concat"],
+                )
+            )
+    xla = {"off": (False,), "on": (True,), "both": (False, True)}.get(
+        args.xla, suite["xla"]
+    )
+    latency_models = [
+        (tower, args.image_size or size)
+        for tower, size in suite["latency_models"]
+        if not args.towers or tower in args.towers
+    ]
+    return {
+        "suite": args.suite,
+        "models": models,
+        "batch_sizes": list(args.batch_sizes or suite["batch_sizes"]),
+        "precisions": list(args.precisions or suite["precisions"]),
+        "xla": list(xla),
+        "steps": args.steps or suite["steps"],
+        "repeats": args.repeats or suite["repeats"],
+        "warmup": args.warmup or suite["warmup"],
+        "pipeline": suite["pipeline"],
+        "latency_models": latency_models,
+        "batch_sizes_serving": list(suite["batch_sizes_serving"]),
+        "calls": args.calls or suite["calls"],
+        "parts": list(args.parts),
+        "isolated": not args.in_process,
+    }
+
+
+def configurations(plan, backend):
+    """Every `throughput.Config` of the plan: each bare tower before its fusions."""
+    from benchmarks.throughput import BARE
+    from benchmarks.throughput import Config
+
+    xla = plan["xla"]
+    if backend == "jax":
+        xla = [True]  # JAX always compiles with XLA
+    configs = []
+    for tower, size, texts, fusions in plan["models"]:
+        grid = itertools.product(plan["batch_sizes"], plan["precisions"], xla)
+        for batch, precision, jit in grid:
+            common = dict(image_size=size, batch_size=batch, precision=precision)
+            configs.append(Config(tower, None, BARE, xla=jit, **common))
+            for text, fusion in itertools.product(texts, fusions):
+                configs.append(Config(tower, text, fusion, xla=jit, **common))
+    return configs
+
+
+def _backend_available(backend):
+    return importlib.util.find_spec(backend) is not None
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    backend = args.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    if not _backend_available(backend):
+        print(
+            f"--backend {backend} needs the `{backend}` package, which is not "
+            f"installed here: `python3 -m pip install {backend}`.",
+            file=sys.stderr,
+        )
+        return 2
+    import keras
+
+    if keras.backend.backend() != backend:
+        # Keras picks its backend once, at import: go on in a process that
+        # starts on the one asked for.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [root, os.environ.get("PYTHONPATH")])
+            ),
+        }
+        command = [sys.executable, "-m", "benchmarks.suite", *argv]
+        return subprocess.call(command, env=env)
+    return run(args, backend, argv)
+
+
+def run(args, backend, argv):
+    from benchmarks import machine
+    from benchmarks import report
+    from benchmarks import throughput
+
+    plan = settings(args)
+    os.makedirs(args.out, exist_ok=True)
+    results = {
+        "suite": args.suite,
+        "command": shlex.join(["mmzoo", "benchmark", *argv]),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine.describe(backend),
+        "settings": plan,
+        "anchors": machine.ANCHORS,
+        "throughput": [],
+        "skipped": {},
+    }
+    path = os.path.join(args.out, "results.json")
+
+    def save():
+        with open(path, "w") as file:
+            json.dump(results, file, indent=2)
+
+    started = time.perf_counter()
+    if "throughput" in plan["parts"]:
+        configs = configurations(plan, backend)
+        flops = {}
+        for index, config in enumerate(configs, start=1):
+            print(f"[{index}/{len(configs)}] {config.label()}", end=" ", flush=True)
+            tic = time.perf_counter()
+            count = config.model_key not in flops
+            measure_args = (config, plan["steps"], plan["repeats"], plan["warmup"])
+            if plan["isolated"]:
+                row = throughput.measure_isolated(
+                    *measure_args, count_flops=count, timeout=args.timeout
+                )
+            else:
+                row = throughput.measure(*measure_args, count_flops=count)
+            if count and "error" not in row:
+                flops[config.model_key] = row.get("forward_gflops_per_image")
+            row = throughput.add_flops(row, flops.get(config.model_key))
+            peak, source = machine.peak_tflops(backend, config.precision)
+            if peak and "train_tflops" in row:
+                row["peak_tflops"] = peak
+                row["peak_source"] = source
+                row["train_fraction_of_peak"] = row["train_tflops"] / peak
+                row["infer_fraction_of_peak"] = row["infer_tflops"] / peak
+            results["throughput"].append(row)
+            results["overhead"] = throughput.overhead(results["throughput"])
+            save()
+            print(_progress(row, time.perf_counter() - tic), flush=True)
+
+    needs_tensorflow = [
+        p for p in ("pipeline", "serving", "tflite") if p in plan["parts"]
+    ]
+    if backend != "tensorflow":
+        for part in needs_tensorflow:
+            results["skipped"][part] = (
+                "needs the TensorFlow backend (tf.data, SavedModel, TFLite): "
+                "run with --backend tensorflow"
+            )
+        needs_tensorflow = []
+    if "pipeline" in needs_tensorflow:
+        from benchmarks import pipeline
+
+        print("input pipeline ...", flush=True)
+        results["pipeline"] = pipeline.measure(**plan["pipeline"])
+        save()
+    if "serving" in needs_tensorflow or "tflite" in needs_tensorflow:
+        _latency(results, plan, needs_tensorflow)
+        save()
+
+    results["targets"] = report.targets(results)
+    results["seconds"] = time.perf_counter() - started
+    save()
+    markdown = report.write(results, args.out)
+    print()
+    print(markdown)
+    errors = [row for row in results["throughput"] if "error" in row]
+    if errors:
+        print(
+            f"{len(errors)} of {len(results['throughput'])} configurations "
+            f"failed; their errors are in {path}.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _latency(results, plan, parts):
+    from benchmarks import latency
+    from benchmarks.throughput import Config
+    from benchmarks.throughput import build
+
+    results.setdefault("serving", {})
+    results.setdefault("tflite", {})
+    for tower, size in plan["latency_models"]:
+        config = Config(tower, "bow", "concat", size, 1)
+        name = f"{tower} + bow + concat @{size}px"
+        model = build(config)
+        if "serving" in parts:
+            print(f"serving latency: {name} ...", flush=True)
+            results["serving"][name] = latency.serving_latency(
+                model, size, plan["batch_sizes_serving"], plan["calls"], 3
+            )
+        if "tflite" in parts:
+            print(f"TFLite latency: {name} ...", flush=True)
+            results["tflite"][name] = latency.tflite_latency(model, plan["calls"], 3)
+
+
+def _progress(row, seconds):
+    if "error" in row:
+        return f"FAILED ({seconds:.0f} s): {row['error']}"
+    return (
+        f"train {row['train_images_per_s']:,.1f} img/s, "
+        f"infer {row['infer_images_per_s']:,.1f} img/s ({seconds:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The benchmark suite runs, and its arithmetic is right.
+
+Speed itself is never asserted here (benchmarks/RESULTS.md holds the
+figures): these tests run `mmzoo benchmark` on one tiny configuration on
+each backend and check what it writes, and test the overhead ratios,
+targets and sweep expansion on known numbers.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import machine
+from benchmarks import report
+from benchmarks import suite
+from benchmarks import throughput
+from benchmarks.throughput import BARE
+from benchmarks.throughput import Config
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+TINY = [
+    "--towers=small_cnn",
+    "--text-towers=bow",
+    "--fusions=concat",
+    "--image-size=32",
+    "--batch-sizes=4",
+    "--steps=1",
+    "--repeats=1",
+    "--warmup=1",
+    "--calls=2",
+]
+
+
+def benchmark(out, *args, backend="tensorflow"):
+    return subprocess.run(
+        [sys.executable, "-m", "mmzoo.cli", "benchmark", f"--out={out}", *args],
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERAS_BACKEND": backend},
+        timeout=600,
+    )
+
+
+def read_results(folder):
+    with open(folder / "results.json") as file:
+        return json.load(file)
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
+    out = tmp_path / "bench"
+    result = benchmark(out, *TINY, "--parts=throughput,serving,tflite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(out)
+
+    # Throughput: the bare tower first, then the fused model, both measured.
+    rows = results["throughput"]
+    assert [row["fusion"] for row in rows] == [BARE, "concat"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["train_images_per_s"] > 0 and row["infer_images_per_s"] > 0
+        assert len(row["train_rates"]) == 1
+        assert row["train_peak_memory_mb"] > 0
+        assert row["forward_gflops_per_image"] > 0
+        assert row["train_tflops"] == pytest.approx(
+            3 * row["forward_gflops_per_image"] * row["train_images_per_s"] / 1e3
+        )
+    bare, fused = rows
+    assert fused["parameters"] > bare["parameters"]
+    [ratio] = results["overhead"]
+    assert ratio["train_ratio"] == pytest.approx(
+        fused["train_images_per_s"] / bare["train_images_per_s"]
+    )
+    assert "target" not in ratio  # targets apply to keras.applications towers
+
+    # Serving: the SavedModel answers as Keras does, at both batch sizes.
+    [serving] = results["serving"].values()
+    assert sorted(serving) == ["1", "16"]
+    for batch in serving.values():
+        assert batch["max_abs_diff_saved_model_vs_keras"] < 1e-5
+        for key in ("keras_predict", "saved_model_serving_default"):
+            assert batch[key]["median_ms"] > 0
+
+    # TFLite: every quantisation, sizes against float32, int8 much smaller.
+    [tflite] = results["tflite"].values()
+    for quantize in ("none", "float16", "dynamic", "int8"):
+        assert tflite[quantize]["xnnpack_1_thread"]["median_ms"] > 0
+        assert tflite[quantize]["max_abs_diff_vs_keras"] < 0.05
+    assert tflite["none"]["max_abs_diff_vs_keras"] < 1e-5
+    assert tflite["int8"]["size_vs_float32"] < 0.35
+    assert results["targets"]["checks"]  # the int8 size and speed checks
+
+    # The report: tables and plots.
+    markdown = (out / "results.md").read_text()
+    for heading in ("## Training and inference throughput", "## Serving latency"):
+        assert heading in markdown
+    assert "ResNet50 training, TensorFlow, 1x A100" in markdown
+    for name in ("throughput", "overhead", "serving", "tflite"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pipeline" not in results  # not asked for
+
+
+@pytest.mark.slow
+def test_jax_backend_runs_the_same_builders(tmp_path):
+    out = tmp_path / "bench"
+    result = benchmark(out, *TINY, "--parts=throughput,tflite", backend="jax")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(out)
+    assert results["machine"]["backend"] == "jax"
+    rows = results["throughput"]
+    assert [row["fusion"] for row in rows] == [BARE, "concat"]
+    assert all("error" not in row and row["xla"] for row in rows)  # JAX is XLA
+    assert rows[1]["forward_gflops_per_image"] > 0  # XLA's cost analysis
+    assert "TensorFlow" in results["skipped"]["tflite"]
+    assert "tflite" not in results
+
+
+def test_backend_flag_switches_process(tmp_path):
+    """--backend jax from a TensorFlow process re-runs on JAX."""
+    out = tmp_path / "bench"
+    result = benchmark(out, *TINY, "--parts=pipeline", "--backend=jax")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(out)
+    assert results["machine"]["backend"] == "jax"
+    assert list(results["skipped"]) == ["pipeline"]
+    assert "--backend tensorflow" in results["skipped"]["pipeline"]
+
+
+def test_pipeline_part_measures_make_dataset(tmp_path, monkeypatch):
+    from benchmarks import pipeline
+
+    monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
+    results = pipeline.measure(
+        repeats=1, photos=4, batches=2, calls=[1], training=False
+    )
+    assert results["easy_vqa_64px_images_per_s"]["1"] > 0
+    assert results["easy_vqa_64px_images_per_s"]["memory cache"] > 0
+    assert results["jpeg_500x375_to_224px_images_per_s"]["1"] > 0
+    assert "| 1 |" in pipeline.markdown(results)
+
+
+def test_bad_arguments_name_the_flag(tmp_path):
+    result = benchmark(tmp_path, "--towers=resnet5")
+    assert result.returncode == 2
+    assert "--towers must be a comma-separated list of" in result.stderr
+    assert "'resnet5'" in result.stderr
+
+
+def test_missing_backend_is_named():
+    if suite._backend_available("torch"):
+        pytest.skip("torch is installed here")
+    result = benchmark("unused", "--backend=torch")
+    assert result.returncode == 2
+    assert "--backend torch needs the `torch` package" in result.stderr
+
+
+# === Arithmetic on known numbers ===
+
+
+def row(tower, fusion, train, infer, text="bow", batch=16):
+    config = Config(tower, None if fusion == BARE else text, fusion, 224, batch)
+    return {
+        **config.__dict__,
+        "label": config.label(),
+        "train_images_per_s": train,
+        "infer_images_per_s": infer,
+    }
+
+
+def test_overhead_pairs_each_fusion_with_its_bare_tower():
+    rows = [
+        row("resnet50", BARE, 100.0, 400.0),
+        row("resnet50", "concat", 95.0, 380.0),
+        row("resnet50", "cross_attention", 70.0, 300.0),
+        row("resnet50", "bilinear", 90.0, 390.0),
+        row("resnet50", "concat", 50.0, 100.0, batch=64),  # no bare at 64
+        row("small_cnn", BARE, 1000.0, 4000.0),
+        row("small_cnn", "gated", 500.0, 2000.0, text="cnn"),
+    ]
+    ratios = {r["label"]: r for r in throughput.overhead(rows)}
+    concat = ratios["resnet50 + bow + concat @224px b16 float32"]
+    assert concat["train_ratio"] == pytest.approx(0.95)
+    assert concat["infer_ratio"] == pytest.approx(0.95)
+    assert concat["target"] == 0.90 and concat["meets_target"]
+    cross = ratios["resnet50 + bow + cross_attention @224px b16 float32"]
+    assert cross["target"] == 0.80 and not cross["meets_target"]
+    assert "target" not in ratios["resnet50 + bow + bilinear @224px b16 float32"]
+    assert "resnet50 + bow + concat @224px b64 float32" not in ratios
+    small = ratios["small_cnn + cnn + gated @224px b16 float32"]
+    assert small["train_ratio"] == pytest.approx(0.5) and "target" not in small
+
+    results = {
+        "overhead": list(ratios.values()),
+        "tflite": {"m": {"int8_size_vs_float32": 0.26, "int8_speedup_1_thread": 0.8}},
+    }
+    checks = report.targets(results)
+    assert (checks["met"], checks["missed"]) == (2, 2)  # cross-attention, speed
+    assert [c["met"] for c in checks["checks"][-2:]] == [True, False]
+
+
+def parse(*argv):
+    return suite.build_parser().parse_args(["--out=x", *argv])
+
+
+def test_quick_suite_covers_the_targeted_fusions_and_a_bare_tower():
+    plan = suite.settings(parse())
+    configs = suite.configurations(plan, "tensorflow")
+    fused = {(c.text_tower, c.fusion) for c in configs if c.image_tower != "small_cnn"}
+    assert fused >= {
+        (text, fusion)
+        for text in ("bow", "cnn")
+        for fusion in ("concat", "weighted_sum", "gated", "cross_attention")
+    }
+    assert (None, BARE) in fused
+    assert configs[0].fusion == BARE  # each bare tower before its fusions
+
+
+def test_full_suite_sweeps_every_combination():
+    plan = suite.settings(parse("--suite=full"))
+    configs = suite.configurations(plan, "tensorflow")
+    per_point = 1 + len(suite.TEXT_TOWERS) * len(suite.FUSIONS)
+    points = len(suite.TOWERS) * 2 * len(suite.PRECISIONS) * 2  # batches, XLA
+    assert len(configs) == per_point * points
+    assert len(set(configs)) == len(configs)
+    # On JAX every configuration is XLA-compiled: half as many.
+    assert len(suite.configurations(plan, "jax")) == len(configs) // 2
+
+
+def test_narrowing_flags():
+    plan = suite.settings(
+        parse("--suite=full", "--towers=resnet50", "--fusions=gated", "--xla=on")
+    )
+    configs = suite.configurations(plan, "tensorflow")
+    assert {c.image_tower for c in configs} == {"resnet50"}
+    assert {c.fusion for c in configs} == {BARE, "gated"}
+    assert {c.xla for c in configs} == {True}
+    assert [m[0] for m in plan["latency_models"]] == ["resnet50"]
+    with pytest.raises(argparse.ArgumentTypeError, match="Received: 'gatd'"):
+        suite._csv("--fusions", suite.FUSIONS)("gatd")
+
+
+def test_gpu_peaks_come_from_the_datasheet_table():
+    assert machine.gpu_peak_tflops("NVIDIA H100 80GB HBM3", "float32") == 494.7
+    assert machine.gpu_peak_tflops("NVIDIA A100-SXM4-40GB", "mixed_bfloat16") == 312
+    assert machine.gpu_peak_tflops("Some Future GPU", "float32") is None
+
+
+def test_report_rebuilds_from_the_json(tmp_path):
+    rows = [row("resnet50", BARE, 100.0, 400.0), row("resnet50", "concat", 95.0, 380.0)]
+    results = {
+        "suite": "quick",
+        "command": "mmzoo benchmark --out x",
+        "started": "2026-11-23T00:00:00+00:00",
+        "machine": {"cpu": "cpu", "cores": 2, "python": "3.11", "backend": "jax"},
+        "settings": {"repeats": 3, "steps": 3, "warmup": 2},
+        "anchors": machine.ANCHORS,
+        "throughput": [{**r, "parameters": 10} for r in rows],
+        "overhead": throughput.overhead(rows),
+        "skipped": {},
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert report.main([str(path)]) == 0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| resnet50 + bow + concat @224px b16 float32 | 95.0 | 0.95 |" in markdown
+    assert "| ours: resnet50 @224px b16 float32 | 100.0 | this run |" in markdown
+    assert (tmp_path / "overhead.png").exists()
