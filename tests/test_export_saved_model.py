@@ -8,7 +8,6 @@ to be enforced rather than observed), loading TF Text's op libraries directly
 for WordPiece models as TF Serving links them.
 """
 
-import ast
 import base64
 import json
 import os
@@ -25,7 +24,6 @@ from harness import TINY
 from tensorflow_serving.config import model_server_config_pb2
 
 import mmzoo
-import mmzoo.export
 from mmzoo.data import LabelVocabulary
 from mmzoo.data import WordPieceTokenizer
 from mmzoo.data import WordTokenizer
@@ -572,17 +570,3 @@ def test_grpc_request_decodes_back(images):
     assert list(decoded) == [open(p, "rb").read() for p in images[:2]]
     assert [t.decode() for t in tf.make_ndarray(request.inputs["text"])] == ["a ü", "b"]
     assert not grpc_request([], [], "gated").model_spec.HasField("version")
-
-
-def test_package_imports_lazily():
-    source = open(mmzoo.export.__file__, encoding="utf-8").read()
-    imported = [
-        alias.name
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    ]
-    assert imported == ["importlib"]
-    assert set(dir(mmzoo.export)) == set(mmzoo.export.__all__)
-    for name in mmzoo.export.__all__:
-        assert callable(getattr(mmzoo.export, name))

@@ -10,7 +10,7 @@ The names below are imported on first use: most of them import TensorFlow,
 which `mmzoo.data.manifest` (and so `mmzoo list`) does not need.
 """
 
-import importlib
+from mmzoo._lazy import lazy_exports
 
 _EXPORTS = {
     "COLUMNS": "manifest",
@@ -36,15 +36,4 @@ _EXPORTS = {
     "load_image": "images",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mmzoo.data' has no attribute {name!r}")
-    module = importlib.import_module(f"mmzoo.data.{_EXPORTS[name]}")
-    return getattr(module, name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

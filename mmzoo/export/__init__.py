@@ -15,7 +15,7 @@ The names below are imported on first use, so importing `mmzoo.export` does
 not import TensorFlow.
 """
 
-import importlib
+from mmzoo._lazy import lazy_exports
 
 _EXPORTS = {
     "build_serving_module": "saved_model",
@@ -29,15 +29,4 @@ _EXPORTS = {
     "parity": "tflite",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mmzoo.export' has no attribute {name!r}")
-    module = importlib.import_module(f"mmzoo.export.{_EXPORTS[name]}")
-    return getattr(module, name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ and `mmzoo demo` run.
 Names are imported on first use (they import TensorFlow).
 """
 
-import importlib
+from mmzoo._lazy import lazy_exports
 
 _EXPORTS = {
     "train": "trainer",
@@ -19,15 +19,4 @@ _EXPORTS = {
     "custom_fit": "distributed",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mmzoo.training' has no attribute {name!r}")
-    module = importlib.import_module(f"mmzoo.training.{_EXPORTS[name]}")
-    return getattr(module, name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

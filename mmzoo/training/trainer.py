@@ -226,6 +226,8 @@ def _data_arguments(config, tokenizer):
         resize=config["resize"],
         max_bad_fraction=config["max_bad_fraction"],
         columns=config["columns"],
+        # The CLI and config files say "none" for no cache.
+        cache=None if config["cache"] in ("none", "None") else config["cache"],
         progress=sys.stdout.isatty(),
     )
 
@@ -243,7 +245,6 @@ def _train(config, resume, verbose, callbacks):
 
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
     arguments = _data_arguments(config, tokenizer)
-    cache = config["cache"] if config["cache"] not in ("none", "None") else None
     logger.info("Reading %s", config["train"])
     train_data, report, labels = make_dataset(
         config["train"],
@@ -251,7 +252,6 @@ def _train(config, resume, verbose, callbacks):
         labels=labels,
         augment=config["augment"],
         seed=config["seed"],
-        cache=cache,
         epoch=epoch,
         return_report=True,
         **arguments,
@@ -262,7 +262,7 @@ def _train(config, resume, verbose, callbacks):
     for split in ("val", "test"):
         if config[split]:
             evaluation[split] = make_dataset(
-                config[split], training=False, labels=labels, cache=cache, **arguments
+                config[split], training=False, labels=labels, **arguments
             )
 
     with strategy.scope():
@@ -428,7 +428,6 @@ def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch):
     from mmzoo.training.distributed import custom_fit
 
     arguments = _data_arguments(config, tokenizer)
-    cache = config["cache"] if config["cache"] not in ("none", "None") else None
 
     def dataset_fn(input_context):
         return make_dataset(
@@ -437,7 +436,6 @@ def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch):
             labels=labels,
             seed=config["seed"],
             augment=config["augment"],
-            cache=cache,
             epoch=epoch,
             input_context=input_context,
             drop_remainder=True,

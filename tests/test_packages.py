@@ -1,0 +1,52 @@
+"""The lazy packages `mmzoo.data`, `mmzoo.training` and `mmzoo.export`."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+PACKAGES = ("mmzoo.data", "mmzoo.training", "mmzoo.export")
+HEAVY_MODULES = ("tensorflow", "tensorflow_text", "ai_edge_litert")
+
+
+def test_importing_packages_does_not_import_tensorflow():
+    # A fresh process: this one has imported TensorFlow already.
+    code = (
+        "import sys\n"
+        f"import mmzoo, {', '.join(PACKAGES)}\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "package, name",
+    [
+        (package, name)
+        for package in PACKAGES
+        for name in importlib.import_module(package).__all__
+    ],
+)
+def test_every_exported_name_resolves(package, name):
+    module = importlib.import_module(package)
+    assert name in dir(module)
+    assert getattr(module, name) is not None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_unknown_name_raises_attribute_error(package):
+    module = importlib.import_module(package)
+    message = f"module '{package}' has no attribute 'nope'"
+    with pytest.raises(AttributeError, match=f"^{re.escape(message)}$"):
+        _ = module.nope
