@@ -166,6 +166,7 @@ def tflite_latency(model, calls, warmup, quantizations=None):
             runner = interpreter.get_signature_runner("serving_default")
             row[name] = timings(lambda r=runner: r(**example), calls, warmup)
             if name == "xnnpack_1_thread":
+                row["xnnpack_partitions"] = _delegate_partitions(interpreter)
                 output = runner(**example)["probabilities"]
                 row["max_abs_diff_vs_keras"] = float(np.max(np.abs(output - reference)))
         results[quantize] = row
@@ -177,3 +178,18 @@ def tflite_latency(model, calls, warmup, quantizations=None):
         )
         results["int8_size_vs_float32"] = int8["size_vs_float32"]
     return results
+
+
+def _delegate_partitions(interpreter):
+    """How many pieces the XNNPACK delegate took over (1: the whole graph).
+
+    More than one means some ops stayed outside XNNPACK, each boundary a
+    hand-over between kernels: the usual reason a variant is slow. Read
+    from the interpreter's node list (a private API: `None` if it moves).
+    """
+    try:
+        interpreter.allocate_tensors()
+        ops = interpreter._get_ops_details()
+    except (AttributeError, RuntimeError):
+        return None
+    return sum(op["op_name"] == "DELEGATE" for op in ops)

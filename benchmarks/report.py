@@ -101,8 +101,9 @@ def markdown(results):
             "## Training and inference throughput",
             "",
             f"Synthetic in-memory batches; images/s is the median of "
-            f"{plan['repeats']} repeats of {plan['steps']} steps after "
-            f"{plan['warmup']} warm-up steps. vs bare: the fused model's images/s "
+            f"{plan['repeats']} repeats of at least {plan['steps']} steps and "
+            f"{plan.get('min_seconds', 0)} s each, after {plan['warmup']} "
+            "warm-up steps. vs bare: the fused model's images/s "
             "over its bare image tower's (same batch, precision, XLA). Training "
             "TFLOP/s counts 3x the forward FLOPs. Memory: "
             f"{_memory_kind(results)}.",
@@ -210,7 +211,9 @@ def markdown(results):
         lines += [
             "Milliseconds per call, median (90th percentile); XNNPACK is the "
             "interpreter's default delegate; the reference kernels run without "
-            "it. max diff: largest absolute difference from Keras on one "
+            "it. XNNPACK partitions: the pieces of the graph the delegate took "
+            "(1: all of it; more: ops left to the builtin kernels between them). "
+            "max diff: largest absolute difference from Keras on one "
             "synthetic example (int8 calibrated on 32 synthetic examples).",
             "",
         ]
@@ -230,6 +233,7 @@ def markdown(results):
                         _latency(row["xnnpack_1_thread"]),
                         _latency(row[f"xnnpack_{cores}_threads"]),
                         _latency(row["reference_kernels_1_thread"]),
+                        row.get("xnnpack_partitions", ""),
                         f"{row['max_abs_diff_vs_keras']:.1g}",
                     ]
                 )
@@ -242,6 +246,7 @@ def markdown(results):
                 "XNNPACK 1 thread",
                 f"XNNPACK {cores} threads",
                 "reference 1 thread",
+                "XNNPACK partitions",
                 "max diff",
             ],
             rows,
@@ -337,7 +342,7 @@ def _plot_overhead(results, axes_factory):
     axes.set_yticks(range(len(rows)), [row["label"] for row in rows], fontsize=7)
     axes.set_xlabel("fused / bare image tower images/s")
     axes.invert_yaxis()
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
 
 
@@ -397,7 +402,7 @@ def _plot_serving(results, axes_factory):
     axes.set_xscale("log")
     axes.set_xlabel("ms per call (log scale)")
     axes.invert_yaxis()
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
 
 

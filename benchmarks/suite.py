@@ -14,10 +14,12 @@ and serving and TFLite latency. The full suite sweeps every image tower x
 text tower x fusion x batch size x precision x XLA setting; it is meant
 for an accelerator, and any flag below narrows it.
 
-Each configuration runs in a fresh process (see
-`throughput.measure_isolated`). The pipeline, serving and TFLite parts
-need TensorFlow and run on that backend only; on `--backend jax` or
-`torch` they are recorded as skipped, with the reason.
+Each group (a bare tower and the fused models over it, at one batch size,
+precision and XLA setting) runs in a fresh process, its models taking
+turns repeat by repeat (see `throughput.measure_group`). The pipeline,
+serving and TFLite parts need TensorFlow and run on that backend only;
+on `--backend jax` or `torch` they are recorded as skipped, with the
+reason.
 """
 
 import argparse
@@ -63,9 +65,10 @@ SUITES = {
         "batch_sizes": (16,),
         "precisions": ("float32",),
         "xla": (False,),
-        "steps": 3,
-        "repeats": 3,
+        "steps": 2,
+        "repeats": 5,
         "warmup": 2,
+        "min_seconds": 0.5,
         "pipeline": {"repeats": 3, "photos": 64, "batches": 20, "training": False},
         "latency_models": [("small_cnn", 64), ("mobilenet_v3_small", 224)],
         "batch_sizes_serving": (1, 16),
@@ -80,6 +83,7 @@ SUITES = {
         "steps": 10,
         "repeats": 5,
         "warmup": 3,
+        "min_seconds": 2.0,
         "pipeline": {"repeats": 5, "photos": 300, "batches": 60},
         "latency_models": [
             ("small_cnn", 64),
@@ -137,16 +141,17 @@ def build_parser():
     narrow.add_argument("--steps", type=int, help="steps per timed repeat")
     narrow.add_argument("--repeats", type=int, help="timed repeats (median taken)")
     narrow.add_argument("--warmup", type=int, help="untimed steps first")
+    narrow.add_argument(
+        "--min-seconds", type=float, help="shortest timed repeat (more steps if needed)"
+    )
     narrow.add_argument("--calls", type=int, help="latency calls (median taken)")
     parser.add_argument(
         "--in-process",
         action="store_true",
-        help="measure every configuration in this process: faster, but peak "
-        "memory is then only a lower bound",
+        help="measure every group in this process: faster, but peak memory "
+        "is then only a lower bound",
     )
-    parser.add_argument(
-        "--timeout", type=int, default=1800, help="seconds per configuration"
-    )
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per group")
     return parser
 
 
@@ -187,6 +192,9 @@ def settings(args):
         "steps": args.steps or suite["steps"],
         "repeats": args.repeats or suite["repeats"],
         "warmup": args.warmup or suite["warmup"],
+        "min_seconds": suite["min_seconds"]
+        if args.min_seconds is None
+        else args.min_seconds,
         "pipeline": suite["pipeline"],
         "latency_models": latency_models,
         "batch_sizes_serving": list(suite["batch_sizes_serving"]),
@@ -197,22 +205,27 @@ def settings(args):
 
 
 def configurations(plan, backend):
-    """Every `throughput.Config` of the plan: each bare tower before its fusions."""
+    """The plan's `throughput.Config`s, in groups measured side by side.
+
+    A group is one image tower at one size, batch size, precision and XLA
+    setting: its bare tower first, then every text tower x fusion over it.
+    """
     from benchmarks.throughput import BARE
     from benchmarks.throughput import Config
 
     xla = plan["xla"]
     if backend == "jax":
         xla = [True]  # JAX always compiles with XLA
-    configs = []
+    groups = []
     for tower, size, texts, fusions in plan["models"]:
         grid = itertools.product(plan["batch_sizes"], plan["precisions"], xla)
         for batch, precision, jit in grid:
             common = dict(image_size=size, batch_size=batch, precision=precision)
-            configs.append(Config(tower, None, BARE, xla=jit, **common))
+            group = [Config(tower, None, BARE, xla=jit, **common)]
             for text, fusion in itertools.product(texts, fusions):
-                configs.append(Config(tower, text, fusion, xla=jit, **common))
-    return configs
+                group.append(Config(tower, text, fusion, xla=jit, **common))
+            groups.append(group)
+    return groups
 
 
 def _backend_available(backend):
@@ -273,32 +286,45 @@ def run(args, backend, argv):
 
     started = time.perf_counter()
     if "throughput" in plan["parts"]:
-        configs = configurations(plan, backend)
+        groups = configurations(plan, backend)
         flops = {}
-        for index, config in enumerate(configs, start=1):
-            print(f"[{index}/{len(configs)}] {config.label()}", end=" ", flush=True)
+        for number, group in enumerate(groups, start=1):
+            print(
+                f"[{number}/{len(groups)}] {group[0].label()} and "
+                f"{len(group) - 1} fused models ...",
+                flush=True,
+            )
             tic = time.perf_counter()
-            count = config.model_key not in flops
-            measure_args = (config, plan["steps"], plan["repeats"], plan["warmup"])
+            count = {config.model_key for config in group} - set(flops)
+            arguments = dict(
+                steps=plan["steps"],
+                repeats=plan["repeats"],
+                warmup=plan["warmup"],
+                count_flops=sorted(count, key=str),
+                min_seconds=plan["min_seconds"],
+            )
             if plan["isolated"]:
-                row = throughput.measure_isolated(
-                    *measure_args, count_flops=count, timeout=args.timeout
+                rows = throughput.measure_isolated(
+                    group, **arguments, timeout=args.timeout
                 )
             else:
-                row = throughput.measure(*measure_args, count_flops=count)
-            if count and "error" not in row:
-                flops[config.model_key] = row.get("forward_gflops_per_image")
-            row = throughput.add_flops(row, flops.get(config.model_key))
-            peak, source = machine.peak_tflops(backend, config.precision)
-            if peak and "train_tflops" in row:
-                row["peak_tflops"] = peak
-                row["peak_source"] = source
-                row["train_fraction_of_peak"] = row["train_tflops"] / peak
-                row["infer_fraction_of_peak"] = row["infer_tflops"] / peak
-            results["throughput"].append(row)
+                rows = throughput.measure_group(group, **arguments)
+            for config, row in zip(group, rows):
+                row["group"] = number
+                if config.model_key in count and "error" not in row:
+                    flops[config.model_key] = row.get("forward_gflops_per_image")
+                row = throughput.add_flops(row, flops.get(config.model_key))
+                peak, source = machine.peak_tflops(backend, config.precision)
+                if peak and "train_tflops" in row:
+                    row["peak_tflops"] = peak
+                    row["peak_source"] = source
+                    row["train_fraction_of_peak"] = row["train_tflops"] / peak
+                    row["infer_fraction_of_peak"] = row["infer_tflops"] / peak
+                results["throughput"].append(row)
+                print("   ", _progress(row), flush=True)
             results["overhead"] = throughput.overhead(results["throughput"])
             save()
-            print(_progress(row, time.perf_counter() - tic), flush=True)
+            print(f"    ({time.perf_counter() - tic:.0f} s)", flush=True)
 
     needs_tensorflow = [
         p for p in ("pipeline", "serving", "tflite") if p in plan["parts"]
@@ -358,12 +384,12 @@ def _latency(results, plan, parts):
             results["tflite"][name] = latency.tflite_latency(model, plan["calls"], 3)
 
 
-def _progress(row, seconds):
+def _progress(row):
     if "error" in row:
-        return f"FAILED ({seconds:.0f} s): {row['error']}"
+        return f"{row['label']}: FAILED: {row['error']}"
     return (
-        f"train {row['train_images_per_s']:,.1f} img/s, "
-        f"infer {row['infer_images_per_s']:,.1f} img/s ({seconds:.0f} s)"
+        f"{row['label']}: train {row['train_images_per_s']:,.1f} img/s, "
+        f"infer {row['infer_images_per_s']:,.1f} img/s"
     )
 
 

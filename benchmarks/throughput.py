@@ -7,10 +7,12 @@ padding, random labels), so the figures are the model's alone: the input
 pipeline is measured separately (`benchmarks/pipeline.py`).
 
 A figure is `batch_size * steps / seconds`, the median over `repeats`
-timed runs of `steps` steps, after `warmup` untimed steps (tracing and
-compilation). Each step waits for its result (`train_on_batch` and
-`predict_on_batch` return host values), so asynchronous dispatch cannot
-flatter it.
+timed runs of at least `steps` steps (and `min_seconds`), after `warmup`
+untimed steps (tracing and compilation). Each step waits for its result
+(`train_on_batch` and `predict_on_batch` return host values), so
+asynchronous dispatch cannot flatter it. The models of a group (a bare
+tower and the fusions over it) take turns repeat by repeat
+(`measure_group`), so their ratios are measured under the same conditions.
 
 The bare tower is the keras.applications network itself
 (`include_top=False, pooling="avg"`, for `small_cnn` mmzoo's own) under a
@@ -22,6 +24,7 @@ its fusion overhead ratio.
 import dataclasses
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -128,33 +131,146 @@ def synthetic_batch(model, batch_size, seed=0):
     }
 
 
-def timed_rate(step, batch_size, steps, repeats, warmup):
-    """Median images/s of `step` and the per-repeat rates."""
-    for _ in range(warmup):
+def _warm_up(step, warmup, steps, min_seconds):
+    """Run `warmup` untimed steps; return the steps a timed repeat takes.
+
+    A repeat runs at least `steps` steps and at least `min_seconds` (judged
+    from the last warm-up step), so fast steps are timed over enough of
+    them to rise above the clock's and the machine's noise.
+    """
+    for _ in range(max(warmup - 1, 0)):
         step()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(batch_size * steps / (time.perf_counter() - start))
-    return statistics.median(rates), rates
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    return max(steps, math.ceil(min_seconds / max(seconds, 1e-6)))
 
 
-def measure_isolated(config, steps, repeats, warmup, count_flops, timeout=900):
-    """`measure` in a fresh Python process on the same Keras backend.
+def _images_per_second(step, steps, batch_size):
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch_size * steps / (time.perf_counter() - start)
 
-    A fresh process per configuration makes the peak memory that of this
-    configuration alone (allocators keep what earlier ones freed), and
-    keeps a crash or a GPU out-of-memory from ending the sweep. Costs the
-    interpreter's start-up (about 5 s with TensorFlow) per configuration.
+
+def _describe(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def measure_group(configs, steps, repeats, warmup, count_flops=(), min_seconds=0.0):
+    """Train and predict rates, peak memory and FLOPs of `configs`, side by side.
+
+    Every model is built and warmed up first; then each timed repeat runs
+    once per model in turn (training, then inference), so a slow spell of
+    a shared machine lands on every model of the group alike, and ratios
+    taken repeat by repeat (see `overhead`) cancel it. Give a group one
+    bare tower and the fusions over it.
+
+    Args:
+        configs: the `Config`s, sharing a precision.
+        steps, repeats, warmup, min_seconds: see `_warm_up`; each figure is
+            the median of `repeats` timed repeats.
+        count_flops: the `model_key`s whose forward FLOPs to count.
+
+    Returns:
+        A JSON-ready dict per config, in order. A configuration that fails
+        (out of memory, an op XLA cannot compile...) carries its `error`
+        instead, and the others go on.
+    """
+    results = [{**dataclasses.asdict(c), "label": c.label()} for c in configs]
+    count_flops = {tuple(key) for key in count_flops}
+    steppers = {}
+    previous_policy = keras.config.dtype_policy()
+    try:
+        for index, config in enumerate(configs):
+            try:
+                keras.config.set_dtype_policy(config.precision)
+                keras.utils.set_random_seed(0)
+                model = build(config)
+                model.compile(
+                    optimizer=keras.optimizers.Adam(1e-4),
+                    loss={"probabilities": "sparse_categorical_crossentropy"},
+                    jit_compile=config.xla,
+                )
+                inputs, labels = synthetic_batch(model, config.batch_size)
+
+                def train(model=model, inputs=inputs, labels=labels):
+                    model.train_on_batch(inputs, labels)
+
+                def infer(model=model, inputs=inputs):
+                    model.predict_on_batch(inputs)
+
+                # Peak memory: from before the first training step (so the
+                # optimizer's state and the step's tracing count) to the end
+                # of the warm-up.
+                with PeakMemory() as memory:
+                    train_steps = _warm_up(train, warmup, steps, min_seconds)
+                infer_steps = _warm_up(infer, warmup, steps, min_seconds)
+                results[index].update(
+                    parameters=int(model.count_params()),
+                    train_peak_memory_mb=memory.peak_mb,
+                    memory_measure=memory.kind,
+                    train_steps_per_repeat=train_steps,
+                    infer_steps_per_repeat=infer_steps,
+                )
+                if config.model_key in count_flops:
+                    flops = forward_flops(model)
+                    results[index]["forward_gflops_per_image"] = (
+                        flops / 1e9 if flops else None
+                    )
+                steppers[index] = {
+                    "train": (train, train_steps),
+                    "infer": (infer, infer_steps),
+                }
+            except Exception as error:  # noqa: BLE001 - recorded; the rest go on
+                results[index]["error"] = _describe(error)
+        rates = {index: {"train": [], "infer": []} for index in steppers}
+        for _ in range(repeats):
+            for kind in ("train", "infer"):
+                for index in list(steppers):
+                    step, count = steppers[index][kind]
+                    try:
+                        rate = _images_per_second(
+                            step, count, configs[index].batch_size
+                        )
+                    except Exception as error:  # noqa: BLE001
+                        results[index]["error"] = _describe(error)
+                        del steppers[index]
+                        continue
+                    rates[index][kind].append(rate)
+        for index in steppers:
+            results[index].update(
+                train_images_per_s=statistics.median(rates[index]["train"]),
+                infer_images_per_s=statistics.median(rates[index]["infer"]),
+                train_rates=rates[index]["train"],
+                infer_rates=rates[index]["infer"],
+            )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        steppers = None
+        keras.backend.clear_session()
+        gc.collect()
+    return results
+
+
+def measure_isolated(
+    configs, steps, repeats, warmup, count_flops=(), min_seconds=0.0, timeout=1800
+):
+    """`measure_group` in a fresh Python process on the same Keras backend.
+
+    A fresh process per group keeps the memory that earlier groups' models
+    freed (and allocators kept) out of this group's peaks, and keeps a
+    crash or a GPU out-of-memory from ending the sweep. Costs the
+    interpreter's start-up (about 5 s with TensorFlow) per group.
     """
     request = {
-        "config": dataclasses.asdict(config),
+        "configs": [dataclasses.asdict(config) for config in configs],
         "steps": steps,
         "repeats": repeats,
         "warmup": warmup,
-        "count_flops": count_flops,
+        "count_flops": [list(key) for key in count_flops],
+        "min_seconds": min_seconds,
     }
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {
@@ -174,74 +290,16 @@ def measure_isolated(config, steps, repeats, warmup, count_flops, timeout=900):
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return _failed(config, f"Timeout: no result within {timeout} s")
+        return [_failed(c, f"Timeout: no result within {timeout} s") for c in configs]
     lines = process.stdout.strip().splitlines()
     if process.returncode == 0 and lines:
         return json.loads(lines[-1])
-    tail = process.stderr.strip().splitlines()[-3:]
-    return _failed(config, f"exit status {process.returncode}: " + " | ".join(tail))
+    tail = " | ".join(process.stderr.strip().splitlines()[-3:])
+    return [_failed(c, f"exit status {process.returncode}: {tail}") for c in configs]
 
 
 def _failed(config, error):
     return {**dataclasses.asdict(config), "label": config.label(), "error": error}
-
-
-def measure(config, steps, repeats, warmup, count_flops=True):
-    """Train and predict rates, peak memory and FLOP/s of one `config`.
-
-    Runs in this process; `measure_isolated` runs it in a fresh one.
-    Returns a JSON-ready dict; a configuration that fails (out of memory,
-    an op XLA cannot compile...) returns its error instead of raising, so a
-    long sweep keeps going.
-    """
-    result = {**dataclasses.asdict(config), "label": config.label()}
-    previous_policy = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy(config.precision)
-        keras.utils.set_random_seed(0)
-        model = build(config)
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-4),
-            loss={"probabilities": "sparse_categorical_crossentropy"},
-            jit_compile=config.xla,
-        )
-        inputs, labels = synthetic_batch(model, config.batch_size)
-        result["parameters"] = int(model.count_params())
-        with PeakMemory() as memory:
-            train, train_rates = timed_rate(
-                lambda: model.train_on_batch(inputs, labels),
-                config.batch_size,
-                steps,
-                repeats,
-                warmup,
-            )
-        infer, infer_rates = timed_rate(
-            lambda: model.predict_on_batch(inputs),
-            config.batch_size,
-            steps,
-            repeats,
-            warmup,
-        )
-        result.update(
-            train_images_per_s=train,
-            infer_images_per_s=infer,
-            train_rates=train_rates,
-            infer_rates=infer_rates,
-            train_peak_memory_mb=memory.peak_mb,
-            memory_measure=memory.kind,
-        )
-        if count_flops:
-            flops = forward_flops(model)
-            result["forward_gflops_per_image"] = flops / 1e9 if flops else None
-    except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on
-        message = str(error).strip().splitlines()
-        result["error"] = f"{type(error).__name__}: {message[0] if message else ''}"
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        model = None
-        keras.backend.clear_session()
-        gc.collect()
-    return result
 
 
 # === FLOPs ===
@@ -322,8 +380,10 @@ class PeakMemory:
     On a GPU: the allocator's own peak (TensorFlow, PyTorch) or the largest
     `bytes_in_use` sampled every 5 ms (JAX, whose peak cannot be reset). On
     a CPU: the largest rise in the process's resident memory, sampled every
-    5 ms; allocators keep memory between configurations, so this is a lower
-    bound of what a fresh process would need.
+    5 ms, from just before the block (for training: before the first step,
+    so it includes the optimizer's state and the tracing of the step). In
+    a process that measured other things first, allocators keep memory
+    they freed, and the rise is a lower bound.
     """
 
     def __init__(self, interval=0.005):
@@ -394,12 +454,15 @@ def overhead(results):
     """Each fused result over its bare tower's (same batch, precision, XLA).
 
     Returns rows with `train_ratio` and `infer_ratio` (fused / bare images
-    per second: 1.0 means fusion is free) and, for the fusions the issue
-    sets a target for, `target` and `meets_target`.
+    per second: 1.0 means fusion is free). When both were measured in one
+    group (the same `group` number and as many repeats), the ratio is the
+    median of the repeat-by-repeat ratios, which cancels the machine's
+    drift; otherwise the ratio of the medians. For the fusions the issue
+    sets a target for, rows carry `target` and `meets_target`.
     """
     keys = ("image_tower", "image_size", "batch_size", "precision", "xla")
     bare = {
-        tuple(row[k] for k in keys): row
+        (row.get("group"), *(row[k] for k in keys)): row
         for row in results
         if row["fusion"] == BARE and "error" not in row
     }
@@ -407,21 +470,28 @@ def overhead(results):
     for row in results:
         if row["fusion"] == BARE or "error" in row:
             continue
-        base = bare.get(tuple(row[k] for k in keys))
+        base = bare.get((row.get("group"), *(row[k] for k in keys)))
         if base is None:
             continue
         ratio = {
             "label": row["label"],
             **{k: row[k] for k in (*keys, "text_tower", "fusion")},
-            "train_ratio": row["train_images_per_s"] / base["train_images_per_s"],
-            "infer_ratio": row["infer_images_per_s"] / base["infer_images_per_s"],
         }
+        for kind in ("train", "infer"):
+            ratio[f"{kind}_ratio"], ratio["paired"] = _ratio(row, base, kind)
         target = fusion_target(row["fusion"], row["text_tower"])
         if target is not None and row["image_tower"] in APPLICATIONS:
             ratio["target"] = target
             ratio["meets_target"] = ratio["train_ratio"] >= target
         rows.append(ratio)
     return rows
+
+
+def _ratio(row, base, kind):
+    fused, bare = row.get(f"{kind}_rates"), base.get(f"{kind}_rates")
+    if row.get("group") is not None and fused and bare and len(fused) == len(bare):
+        return statistics.median(f / b for f, b in zip(fused, bare)), True
+    return row[f"{kind}_images_per_s"] / base[f"{kind}_images_per_s"], False
 
 
 def fusion_target(fusion, text_tower):
@@ -456,8 +526,8 @@ def add_flops(result, forward_gflops):
 def _main(argv):
     """Child entry of `measure_isolated`: a JSON request in, one JSON line out."""
     request = json.loads(argv[0])
-    config = Config(**request.pop("config"))
-    print(json.dumps(measure(config, **request)))
+    configs = [Config(**config) for config in request.pop("configs")]
+    print(json.dumps(measure_group(configs, **request)))
     return 0
 
 

@@ -72,8 +72,9 @@ def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
     bare, fused = rows
     assert fused["parameters"] > bare["parameters"]
     [ratio] = results["overhead"]
+    assert ratio["paired"]  # one group: the two took turns
     assert ratio["train_ratio"] == pytest.approx(
-        fused["train_images_per_s"] / bare["train_images_per_s"]
+        fused["train_rates"][0] / bare["train_rates"][0]
     )
     assert "target" not in ratio  # targets apply to keras.applications towers
 
@@ -208,7 +209,10 @@ def parse(*argv):
 
 def test_quick_suite_covers_the_targeted_fusions_and_a_bare_tower():
     plan = suite.settings(parse())
-    configs = suite.configurations(plan, "tensorflow")
+    groups = suite.configurations(plan, "tensorflow")
+    assert all(group[0].fusion == BARE for group in groups)  # bare tower first
+    assert all(len({c.fusion == BARE for c in group[1:]}) == 1 for group in groups)
+    configs = [config for group in groups for config in group]
     fused = {(c.text_tower, c.fusion) for c in configs if c.image_tower != "small_cnn"}
     assert fused >= {
         (text, fusion)
@@ -216,25 +220,27 @@ def test_quick_suite_covers_the_targeted_fusions_and_a_bare_tower():
         for fusion in ("concat", "weighted_sum", "gated", "cross_attention")
     }
     assert (None, BARE) in fused
-    assert configs[0].fusion == BARE  # each bare tower before its fusions
 
 
 def test_full_suite_sweeps_every_combination():
     plan = suite.settings(parse("--suite=full"))
-    configs = suite.configurations(plan, "tensorflow")
-    per_point = 1 + len(suite.TEXT_TOWERS) * len(suite.FUSIONS)
-    points = len(suite.TOWERS) * 2 * len(suite.PRECISIONS) * 2  # batches, XLA
-    assert len(configs) == per_point * points
+    groups = suite.configurations(plan, "tensorflow")
+    assert len(groups) == len(suite.TOWERS) * 2 * len(suite.PRECISIONS) * 2
+    assert {len(group) for group in groups} == {
+        1 + len(suite.TEXT_TOWERS) * len(suite.FUSIONS)
+    }
+    configs = [config for group in groups for config in group]
     assert len(set(configs)) == len(configs)
     # On JAX every configuration is XLA-compiled: half as many.
-    assert len(suite.configurations(plan, "jax")) == len(configs) // 2
+    assert len(suite.configurations(plan, "jax")) == len(groups) // 2
 
 
 def test_narrowing_flags():
     plan = suite.settings(
         parse("--suite=full", "--towers=resnet50", "--fusions=gated", "--xla=on")
     )
-    configs = suite.configurations(plan, "tensorflow")
+    groups = suite.configurations(plan, "tensorflow")
+    configs = [config for group in groups for config in group]
     assert {c.image_tower for c in configs} == {"resnet50"}
     assert {c.fusion for c in configs} == {BARE, "gated"}
     assert {c.xla for c in configs} == {True}
@@ -269,3 +275,33 @@ def test_report_rebuilds_from_the_json(tmp_path):
     assert "| resnet50 + bow + concat @224px b16 float32 | 95.0 | 0.95 |" in markdown
     assert "| ours: resnet50 @224px b16 float32 | 100.0 | this run |" in markdown
     assert (tmp_path / "overhead.png").exists()
+
+
+def test_paired_ratio_is_the_median_of_repeat_by_repeat_ratios():
+    bare = {**row("resnet50", BARE, 80.0, 400.0), "group": 1}
+    fused = {**row("resnet50", "gated", 60.0, 380.0), "group": 1}
+    bare.update(train_rates=[100.0, 60.0, 80.0], infer_rates=[400.0] * 3)
+    # The machine slowed down during the bare tower's second repeat and the
+    # fused model's third: paired, the ratio is 0.90, not 60 / 80.
+    fused.update(train_rates=[90.0, 57.0, 60.0], infer_rates=[380.0] * 3)
+    [ratio] = throughput.overhead([bare, fused])
+    assert ratio["paired"]
+    assert ratio["train_ratio"] == pytest.approx(0.90)
+    assert ratio["infer_ratio"] == pytest.approx(0.95)
+    # Measured in different groups, only the medians compare.
+    assert throughput.overhead([bare, {**fused, "group": 2}]) == []  # no bare in 2
+    unpaired = throughput.overhead([{**bare, "group": None}, {**fused, "group": None}])
+    assert not unpaired[0]["paired"]
+    assert unpaired[0]["train_ratio"] == pytest.approx(0.75)
+
+
+def test_a_failing_configuration_does_not_stop_its_group():
+    configs = [
+        Config("small_cnn", None, BARE, 32, 2),
+        Config("small_cnn", "bow", "no_such_fusion", 32, 2),
+        Config("small_cnn", "bow", "concat", 32, 2),
+    ]
+    rows = throughput.measure_group(configs, steps=1, repeats=2, warmup=1)
+    assert [("error" in r) for r in rows] == [False, True, False]
+    assert "`fusion` must be one of" in rows[1]["error"]
+    assert len(rows[2]["train_rates"]) == 2 and rows[2]["infer_images_per_s"] > 0
