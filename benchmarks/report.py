@@ -105,8 +105,17 @@ def markdown(results):
             f"{plan.get('min_seconds', 0)} s each, after {plan['warmup']} "
             "warm-up steps. vs bare: the fused model's images/s "
             "over its bare image tower's (same batch, precision, XLA). Training "
-            "TFLOP/s counts 3x the forward FLOPs. Memory: "
-            f"{_memory_kind(results)}.",
+            "TFLOP/s counts 3x the forward FLOPs. Train peak MB: the weights "
+            "plus the largest rise in memory over the warm-up training steps "
+            f"({_memory_kind(results)}"
+            + (
+                "; measured in the group's shared process, where later models "
+                "reuse memory earlier ones freed, so on a CPU only the first "
+                "model's figure is whole: `--memory isolated` measures each "
+                "alone)."
+                if plan.get("memory") == "group"
+                else ")."
+            ),
             "",
         ]
         ratios = {row["label"]: row for row in results.get("overhead", [])}

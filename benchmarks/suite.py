@@ -68,7 +68,8 @@ SUITES = {
         "steps": 2,
         "repeats": 5,
         "warmup": 2,
-        "min_seconds": 0.5,
+        "min_seconds": 1.0,
+        "memory": "group",
         "pipeline": {"repeats": 3, "photos": 64, "batches": 20, "training": False},
         "latency_models": [("small_cnn", 64), ("mobilenet_v3_small", 224)],
         "batch_sizes_serving": (1, 16),
@@ -84,6 +85,7 @@ SUITES = {
         "repeats": 5,
         "warmup": 3,
         "min_seconds": 2.0,
+        "memory": "isolated",
         "pipeline": {"repeats": 5, "photos": 300, "batches": 60},
         "latency_models": [
             ("small_cnn", 64),
@@ -146,6 +148,14 @@ def build_parser():
     )
     narrow.add_argument("--calls", type=int, help="latency calls (median taken)")
     parser.add_argument(
+        "--memory",
+        choices=("group", "isolated"),
+        help="peak memory from the group's shared process (quick's default: "
+        "free, but on a CPU later models reuse memory earlier ones freed) or "
+        "from each model alone in a fresh process (full's default: one more "
+        "start-up and warm-up per model)",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help="measure every group in this process: faster, but peak memory "
@@ -200,6 +210,7 @@ def settings(args):
         "batch_sizes_serving": list(suite["batch_sizes_serving"]),
         "calls": args.calls or suite["calls"],
         "parts": list(args.parts),
+        "memory": args.memory or suite["memory"],
         "isolated": not args.in_process,
     }
 
@@ -311,6 +322,13 @@ def run(args, backend, argv):
                 rows = throughput.measure_group(group, **arguments)
             for config, row in zip(group, rows):
                 row["group"] = number
+                if plan["memory"] == "isolated" and "error" not in row:
+                    alone = throughput.measure_memory(config, plan["warmup"])
+                    if "error" not in alone:
+                        row["train_peak_memory_mb"] = alone["train_peak_memory_mb"]
+                        row["memory_measure"] = alone["memory_measure"] + (
+                            ", each model alone in a fresh process"
+                        )
                 if config.model_key in count and "error" not in row:
                     flops[config.model_key] = row.get("forward_gflops_per_image")
                 row = throughput.add_flops(row, flops.get(config.model_key))

@@ -207,9 +207,19 @@ def measure_group(configs, steps, repeats, warmup, count_flops=(), min_seconds=0
                 with PeakMemory() as memory:
                     train_steps = _warm_up(train, warmup, steps, min_seconds)
                 infer_steps = _warm_up(infer, warmup, steps, min_seconds)
+                weights_mb = (
+                    sum(
+                        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                        for v in model.weights
+                    )
+                    / 2**20
+                )
                 results[index].update(
                     parameters=int(model.count_params()),
-                    train_peak_memory_mb=memory.peak_mb,
+                    weights_mb=weights_mb,
+                    # The weights exist before the first step; the rise
+                    # adds the optimizer's state, gradients and activations.
+                    train_peak_memory_mb=weights_mb + memory.peak_mb,
                     memory_measure=memory.kind,
                     train_steps_per_repeat=train_steps,
                     infer_steps_per_repeat=infer_steps,
@@ -226,7 +236,10 @@ def measure_group(configs, steps, repeats, warmup, count_flops=(), min_seconds=0
             except Exception as error:  # noqa: BLE001 - recorded; the rest go on
                 results[index]["error"] = _describe(error)
         rates = {index: {"train": [], "infer": []} for index in steppers}
-        for _ in range(repeats):
+        # One untimed turn first: a model's first turn after the others
+        # were built and warmed up runs several times slower (seen on CPU:
+        # caches and memory the others took), and would skew the median.
+        for timed in [False] + [True] * repeats:
             for kind in ("train", "infer"):
                 for index in list(steppers):
                     step, count = steppers[index][kind]
@@ -238,8 +251,9 @@ def measure_group(configs, steps, repeats, warmup, count_flops=(), min_seconds=0
                         results[index]["error"] = _describe(error)
                         del steppers[index]
                         continue
-                    rates[index][kind].append(rate)
-        for index in steppers:
+                    if timed:
+                        rates[index][kind].append(rate)
+        for index in steppers if repeats else ():
             results[index].update(
                 train_images_per_s=statistics.median(rates[index]["train"]),
                 infer_images_per_s=statistics.median(rates[index]["infer"]),
@@ -375,15 +389,15 @@ def _torch_flops(model, example):
 
 
 class PeakMemory:
-    """The peak memory a block adds, on the device the backend computes on.
+    """How much memory a block adds at its peak, on the backend's device.
 
-    On a GPU: the allocator's own peak (TensorFlow, PyTorch) or the largest
-    `bytes_in_use` sampled every 5 ms (JAX, whose peak cannot be reset). On
-    a CPU: the largest rise in the process's resident memory, sampled every
-    5 ms, from just before the block (for training: before the first step,
-    so it includes the optimizer's state and the tracing of the step). In
-    a process that measured other things first, allocators keep memory
-    they freed, and the rise is a lower bound.
+    On a GPU: the allocator's own peak since the block began (TensorFlow,
+    PyTorch) or the largest `bytes_in_use` sampled every 5 ms (JAX, whose
+    peak cannot be reset), less what was in use when it began. On a CPU:
+    the largest rise of the process's resident memory, sampled every 5 ms.
+    Allocators keep memory that earlier work freed and reuse it, so on a
+    CPU the rise is only comparable between blocks that each ran first in
+    a fresh process (`measure_memory`).
     """
 
     def __init__(self, interval=0.005):
@@ -392,24 +406,28 @@ class PeakMemory:
         self.kind = None
 
     def __enter__(self):
-        self._read, self.kind = _memory_reader()
-        self._base = self._read()
+        self._current, self._allocator_peak, self.kind = _memory_reader()
+        self._base = self._current()
         self._peak = self._base
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._thread = None
+        if self._allocator_peak is None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self):
         while not self._done.wait(self.interval):
-            self._peak = max(self._peak, self._read())
+            self._peak = max(self._peak, self._current())
 
     def __exit__(self, *exc):
         self._done.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._read())
-        peak = self._peak - (0 if self.kind.endswith("peak") else self._base)
-        self.peak_mb = peak / 2**20
+        if self._thread is not None:
+            self._thread.join()
+            self._peak = max(self._peak, self._current())
+        else:
+            self._peak = self._allocator_peak()
+        self.peak_mb = (self._peak - self._base) / 2**20
         return False
 
 
@@ -419,14 +437,17 @@ def _rss():
 
 
 def _memory_reader():
+    """(current bytes, allocator peak bytes or None, description)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         if tf.config.list_physical_devices("GPU"):
+            info = tf.config.experimental.get_memory_info
             tf.config.experimental.reset_memory_stats("GPU:0")
             return (
-                lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"],
+                lambda: info("GPU:0")["current"],
+                lambda: info("GPU:0")["peak"],
                 "GPU allocator peak",
             )
     elif backend == "jax":
@@ -436,15 +457,31 @@ def _memory_reader():
         if device.platform == "gpu":
             return (
                 lambda: device.memory_stats()["bytes_in_use"],
-                "GPU bytes in use, sampled rise",
+                None,
+                "GPU bytes in use, sampled",
             )
     elif backend == "torch":
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-            return torch.cuda.max_memory_allocated, "GPU allocator peak"
-    return _rss, "host resident memory, sampled rise"
+            return (
+                torch.cuda.memory_allocated,
+                torch.cuda.max_memory_allocated,
+                "GPU allocator peak",
+            )
+    return _rss, None, "host resident memory, sampled"
+
+
+def measure_memory(config, warmup=2, timeout=1800):
+    """Training memory of `config` alone, in a fresh process.
+
+    The group runs of `measure_group` share a process, where (on a CPU)
+    memory freed by one model is reused by the next; this runs the model's
+    warm-up steps alone, first, so its figure compares with any other's.
+    """
+    [row] = measure_isolated([config], 1, 0, warmup, timeout=timeout)
+    return row
 
 
 # === Fusion overhead ===

@@ -53,7 +53,9 @@ def read_results(folder):
 @pytest.mark.slow
 def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
     out = tmp_path / "bench"
-    result = benchmark(out, *TINY, "--parts=throughput,serving,tflite")
+    result = benchmark(
+        out, *TINY, "--parts=throughput,serving,tflite", "--memory=isolated"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_results(out)
 
@@ -64,7 +66,8 @@ def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
         assert "error" not in row, row
         assert row["train_images_per_s"] > 0 and row["infer_images_per_s"] > 0
         assert len(row["train_rates"]) == 1
-        assert row["train_peak_memory_mb"] > 0
+        assert row["train_peak_memory_mb"] > row["weights_mb"] > 0
+        assert row["memory_measure"].endswith("each model alone in a fresh process")
         assert row["forward_gflops_per_image"] > 0
         assert row["train_tflops"] == pytest.approx(
             3 * row["forward_gflops_per_image"] * row["train_images_per_s"] / 1e3
