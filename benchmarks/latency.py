@@ -188,8 +188,7 @@ def _delegate_partitions(interpreter):
     from the interpreter's node list (a private API: `None` if it moves).
     """
     try:
-        interpreter.allocate_tensors()
         ops = interpreter._get_ops_details()
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, ValueError):
         return None
     return sum(op["op_name"] == "DELEGATE" for op in ops)

@@ -168,23 +168,24 @@ def build_parser():
 def settings(args):
     """The suite's settings with the command line's narrowing applied."""
     suite = SUITES[args.suite]
+    # A tower the suite leaves out gets the text towers and fusions of the
+    # suite's first model.
+    _, _, default_texts, default_fusions = suite["models"][0]
+    sizes = {tower: size for tower, size, _, _ in suite["models"]}
     models = []
-    for tower, size, texts, fusions in suite["models"]:
-        if args.towers and tower not in args.towers:
-            continue
-        texts = [t for t in (args.text_towers or texts)]
-        fusions = [f for f in (args.fusions or fusions)]
-        models.append((tower, args.image_size or size, texts, fusions))
-    for tower in args.towers or []:  # a tower the suite leaves out
-        if tower not in [model[0] for model in models]:
-            models.append(
-                (
-                    tower,
-                    args.image_size or 224,
-                    args.text_towers or ["bow"],
-                    args.fusions or ["concat"],
-                )
+    for tower in args.towers or [model[0] for model in suite["models"]]:
+        texts, fusions = default_texts, default_fusions
+        for name, _, suite_texts, suite_fusions in suite["models"]:
+            if name == tower:
+                texts, fusions = suite_texts, suite_fusions
+        models.append(
+            (
+                tower,
+                args.image_size or sizes.get(tower, 224),
+                list(args.text_towers or texts),
+                list(args.fusions or fusions),
             )
+        )
     xla = {"off": (False,), "on": (True,), "both": (False, True)}.get(
         args.xla, suite["xla"]
     )

@@ -95,6 +95,7 @@ def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
         assert tflite[quantize]["xnnpack_1_thread"]["median_ms"] > 0
         assert tflite[quantize]["max_abs_diff_vs_keras"] < 0.05
     assert tflite["none"]["max_abs_diff_vs_keras"] < 1e-5
+    assert tflite["none"]["xnnpack_partitions"] == 1  # XNNPACK runs all of it
     assert tflite["int8"]["size_vs_float32"] < 0.35
     assert results["targets"]["checks"]  # the int8 size and speed checks
 
@@ -248,6 +249,10 @@ def test_narrowing_flags():
     assert {c.fusion for c in configs} == {BARE, "gated"}
     assert {c.xla for c in configs} == {True}
     assert [m[0] for m in plan["latency_models"]] == ["resnet50"]
+    # A tower the quick suite leaves out gets its targeted fusions.
+    [(tower, size, texts, fusions)] = suite.settings(parse("--towers=vgg16"))["models"]
+    assert (tower, size, texts) == ("vgg16", 224, ["bow", "cnn"])
+    assert "cross_attention" in fusions
     with pytest.raises(argparse.ArgumentTypeError, match="Received: 'gatd'"):
         suite._csv("--fusions", suite.FUSIONS)("gatd")
 
