@@ -242,7 +242,7 @@ def markdown(results):
                         _latency(row["xnnpack_1_thread"]),
                         _latency(row[f"xnnpack_{cores}_threads"]),
                         _latency(row["reference_kernels_1_thread"]),
-                        row.get("xnnpack_partitions", ""),
+                        _blank(row.get("xnnpack_partitions")),
                         f"{row['max_abs_diff_vs_keras']:.1g}",
                     ]
                 )
@@ -268,6 +268,10 @@ def markdown(results):
     if plots:
         lines += [""] + [f"![{name}]({name}.png)" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _blank(value):
+    return "" if value is None else value
 
 
 def _memory_kind(results):

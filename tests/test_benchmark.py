@@ -95,7 +95,12 @@ def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
         assert tflite[quantize]["xnnpack_1_thread"]["median_ms"] > 0
         assert tflite[quantize]["max_abs_diff_vs_keras"] < 0.05
     assert tflite["none"]["max_abs_diff_vs_keras"] < 1e-5
-    assert tflite["none"]["xnnpack_partitions"] == 1  # XNNPACK runs all of it
+    # XNNPACK took the float32 graph (in a piece or two), fewer than int8's.
+    assert (
+        1
+        <= tflite["none"]["xnnpack_partitions"]
+        <= tflite["int8"]["xnnpack_partitions"]
+    )
     assert tflite["int8"]["size_vs_float32"] < 0.35
     assert results["targets"]["checks"]  # the int8 size and speed checks
 
