@@ -13,3 +13,23 @@ Modules:
 Speed is measured here and written to `benchmarks/RESULTS.md`; it is never
 asserted in unit tests.
 """
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_environment(backend):
+    """The environment of a benchmark subprocess on Keras backend `backend`.
+
+    Keras picks its backend once, at import, so a different backend needs
+    a fresh process; `PYTHONPATH` lets it import this package from the
+    repository wherever it runs.
+    """
+    return {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [ROOT, os.environ.get("PYTHONPATH")])
+        ),
+    }

@@ -54,17 +54,11 @@ def timings(call, calls, warmup):
 
 def _jpegs(image_size, count, seed=0):
     """`count` JPEG photos of 4:3 at about twice the model's input size."""
-    import tensorflow as tf
+    from benchmarks.pipeline import jpeg_photo
 
     rng = np.random.default_rng(seed)
     height, width = image_size * 3 // 2, image_size * 2
-    y, x = np.mgrid[0:height, 0:width]
-    files = []
-    for index in range(count):
-        base = np.stack([x * 0.5, y * 0.6, (x + y) * 0.3], -1) + 17 * index
-        pixels = np.clip(base % 256 + rng.normal(0, 12, base.shape), 0, 255)
-        files.append(tf.io.encode_jpeg(pixels.astype(np.uint8), quality=90).numpy())
-    return files
+    return [jpeg_photo(height, width, 17 * index, rng) for index in range(count)]
 
 
 def serving_latency(model, image_size, batch_sizes, calls, warmup):

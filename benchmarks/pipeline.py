@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 import mmzoo
-from benchmarks.machine import cpu_name
+from benchmarks.machine import describe
 from mmzoo.data import make_dataset
 from mmzoo.data import read_manifest
 from mmzoo.data.tokenizers import WordTokenizer
@@ -53,16 +53,20 @@ def images_per_second(dataset, repeats, limit=None):
     return statistics.median(rates)
 
 
+def jpeg_photo(height, width, index, rng):
+    """A JPEG "photo": smooth gradients shifted by `index`, noise, quality 90."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 0.5, y * 0.6, (x + y) * 0.3], -1) + index
+    pixels = np.clip(base % 256 + rng.normal(0, 12, base.shape), 0, 255)
+    return tf.io.encode_jpeg(pixels.astype(np.uint8), quality=90).numpy()
+
+
 def write_photos(folder, count, seed=0):
-    """JPEG "photos" (500x375, smooth gradients + noise, quality 90)."""
+    """JPEG photos of 500x375 (the ImageNet mean size) and their manifest."""
     rng = np.random.default_rng(seed)
     lines = ["image,text,label"]
-    y, x = np.mgrid[0:375, 0:500]
     for index in range(count):
-        base = np.stack([x * 0.5, y * 0.6, (x + y) * 0.3], -1) + index
-        noise = rng.normal(0, 12, base.shape)
-        pixels = np.clip(base % 256 + noise, 0, 255).astype(np.uint8)
-        data = tf.io.encode_jpeg(pixels, quality=90).numpy()
+        data = jpeg_photo(375, 500, index, rng)
         name = f"photo_{index}.jpg"
         with open(os.path.join(folder, name), "wb") as file:
             file.write(data)
@@ -136,16 +140,7 @@ def measure(repeats=3, photos=300, batches=60, calls=None, training=True):
     """
     tf.get_logger().setLevel("ERROR")
     calls = [1, 2, 4, tf.data.AUTOTUNE] if calls is None else calls
-    results = {
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "tensorflow": tf.__version__,
-            "mmzoo": mmzoo.__version__,
-        },
-        "repeats": repeats,
-    }
+    results = {"machine": describe("tensorflow"), "repeats": repeats}
     paths = mmzoo.data.easy_vqa()
     tokenizer = WordTokenizer.fit(read_manifest(paths["train"]).texts, max_tokens=12)
     batch_size = 64

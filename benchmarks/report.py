@@ -10,7 +10,16 @@ import json
 import os
 import sys
 
+from mmzoo.export.tflite import QUANTIZATIONS
+
 INT8_SIZE_TARGET = 0.30
+# What `latency.serving_latency` times, in the order the report shows.
+SERVING_TIMINGS = (
+    "keras_predict",
+    "keras_predict_on_batch",
+    "saved_model_predict_tensors",
+    "saved_model_serving_default",
+)
 
 
 def targets(results):
@@ -193,16 +202,7 @@ def markdown(results):
         for name, batches in results["serving"].items():
             for batch, row in batches.items():
                 rows.append(
-                    [name, batch]
-                    + [
-                        _latency(row[key])
-                        for key in (
-                            "keras_predict",
-                            "keras_predict_on_batch",
-                            "saved_model_predict_tensors",
-                            "saved_model_serving_default",
-                        )
-                    ]
+                    [name, batch] + [_latency(row[key]) for key in SERVING_TIMINGS]
                 )
         lines += _table(
             [
@@ -229,7 +229,7 @@ def markdown(results):
         rows = []
         for name, table in results["tflite"].items():
             cores = table["threads_all_cores"]
-            for quantize in ("none", "float16", "dynamic", "int8"):
+            for quantize in QUANTIZATIONS:
                 if quantize not in table:
                     continue
                 row = table[quantize]
@@ -363,7 +363,7 @@ def _plot_tflite(results, axes_factory):
     bars = []
     for name, table in results["tflite"].items():
         cores = table["threads_all_cores"]
-        for quantize in ("none", "float16", "dynamic", "int8"):
+        for quantize in QUANTIZATIONS:
             if quantize in table:
                 row = table[quantize]
                 bars.append(
@@ -387,20 +387,14 @@ def _plot_tflite(results, axes_factory):
 
 
 def _plot_serving(results, axes_factory):
-    keys = (
-        "keras_predict",
-        "keras_predict_on_batch",
-        "saved_model_predict_tensors",
-        "saved_model_serving_default",
-    )
     groups = [
         (f"{name} b{batch}", row)
         for name, batches in results["serving"].items()
         for batch, row in batches.items()
     ]
     figure, axes = axes_factory(len(groups) * 2)
-    width = 0.8 / len(keys)
-    for offset, key in enumerate(keys):
+    width = 0.8 / len(SERVING_TIMINGS)
+    for offset, key in enumerate(SERVING_TIMINGS):
         axes.barh(
             [index + offset * width for index in range(len(groups))],
             [row[key]["median_ms"] for _, row in groups],

@@ -33,19 +33,15 @@ import subprocess
 import sys
 import time
 
+from benchmarks import child_environment
+from mmzoo.registry import FUSIONS as ALL_FUSIONS
+
 BACKENDS = ("tensorflow", "jax", "torch")
 PARTS = ("throughput", "pipeline", "serving", "tflite")
 TOWERS = ("vgg16", "resnet50", "mobilenet_v3_small", "small_cnn")
 TEXT_TOWERS = ("bow", "cnn", "bilstm", "transformer")
-FUSIONS = (
-    "concat",
-    "weighted_sum",
-    "gated",
-    "modality_attention",
-    "cross_attention",
-    "bilinear",
-    "late",
-)
+# Every fusion but the unimodal baselines, which the bare tower stands for.
+FUSIONS = tuple(f for f in ALL_FUSIONS if f not in ("image_only", "text_only"))
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 SUITES = {
@@ -260,16 +256,8 @@ def main(argv=None):
     if keras.backend.backend() != backend:
         # Keras picks its backend once, at import: go on in a process that
         # starts on the one asked for.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [root, os.environ.get("PYTHONPATH")])
-            ),
-        }
         command = [sys.executable, "-m", "benchmarks.suite", *argv]
-        return subprocess.call(command, env=env)
+        return subprocess.call(command, env=child_environment(backend))
     return run(args, backend, argv)
 
 
@@ -299,6 +287,7 @@ def run(args, backend, argv):
     started = time.perf_counter()
     if "throughput" in plan["parts"]:
         groups = configurations(plan, backend)
+        peaks = {p: machine.peak_tflops(backend, p) for p in plan["precisions"]}
         flops = {}
         for number, group in enumerate(groups, start=1):
             print(
@@ -333,7 +322,7 @@ def run(args, backend, argv):
                 if config.model_key in count and "error" not in row:
                     flops[config.model_key] = row.get("forward_gflops_per_image")
                 row = throughput.add_flops(row, flops.get(config.model_key))
-                peak, source = machine.peak_tflops(backend, config.precision)
+                peak, source = peaks[config.precision]
                 if peak and "train_tflops" in row:
                     row["peak_tflops"] = peak
                     row["peak_source"] = source

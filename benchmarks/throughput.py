@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 import mmzoo
+from benchmarks import child_environment
 from mmzoo.towers import build_image_tower
 from mmzoo.towers.image import APPLICATIONS
 
@@ -286,13 +287,8 @@ def measure_isolated(
         "count_flops": [list(key) for key in count_flops],
         "min_seconds": min_seconds,
     }
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {
-        **os.environ,
-        "KERAS_BACKEND": keras.backend.backend(),
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [root, os.environ.get("PYTHONPATH")])
-        ),
+        **child_environment(keras.backend.backend()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     try:

@@ -295,9 +295,10 @@ def build_parser():
     )
     listing.set_defaults(run=_list)
 
-    # mmzoo.data.manifest imports no TensorFlow: `mmzoo list` stays quick.
+    # These modules import no TensorFlow: `mmzoo list` stays quick.
     from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
     from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+    from mmzoo.export.tflite import QUANTIZATIONS
 
     data = commands.add_parser("data", help="check and convert manifests")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
@@ -393,7 +394,7 @@ def build_parser():
     export.add_argument(
         "--quantize",
         default="none",
-        choices=("none", "float16", "dynamic", "int8"),
+        choices=QUANTIZATIONS,
         help="TFLite quantisation (int8 calibrates on the training manifest)",
     )
     export.add_argument(
