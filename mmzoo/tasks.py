@@ -1,0 +1,346 @@
+"""Tasks: what a model predicts, and everything that follows from it.
+
+A `Task` owns what used to be decided by testing the task's name all over
+mmzoo: the output's name and activation, the loss and metrics to compile
+with, how a manifest's labels become training targets, how outputs become
+answers (top-k labels, thresholds, values), what an exported model returns
+and which evaluation metrics apply. The training loop, evaluation, the
+command line and both exports ask the task; none of them knows its name.
+
+The four tasks are registered in `TASKS`; a new task is a `Task` subclass
+and one entry there, and the generic tests run over it.
+
+This module imports only NumPy at import time (Keras, TensorFlow and the
+metrics are imported inside the methods that need them), so the registry
+and `mmzoo list` stay light.
+"""
+
+from types import MappingProxyType
+
+import numpy as np
+
+from mmzoo.checks import check_choice
+from mmzoo.data.manifest import LABEL_SEPARATOR
+from mmzoo.data.manifest import split_labels
+
+
+class TargetError(ValueError):
+    """Labels that cannot become a task's targets; the message says why."""
+
+
+class Task:
+    """What a model predicts; subclasses fill in the details.
+
+    Attributes:
+        name: the `task=` name.
+        description: one line for `mmzoo list`.
+        output_name: the model's output (a dict key), e.g. `"probabilities"`.
+        activation: the output layer's activation.
+        loss: the Keras loss `build_model` compiles with.
+        metrics: the Keras metrics `build_model` compiles with.
+        classes: the labels are class names, kept in a `LabelVocabulary`
+            (`False`: the labels are numbers).
+        multilabel: a row's label holds several classes, `|`-separated.
+    """
+
+    name = None
+    description = ""
+    output_name = "probabilities"
+    activation = None
+    loss = None
+    metrics = ()
+    classes = True
+    multilabel = False
+
+    def __repr__(self):
+        return f"<Task {self.name}>"
+
+    # === Model ===
+
+    def num_outputs(self, num_classes):
+        """The output layer's width for `num_classes` (validated)."""
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                f"A {self.name} task needs `num_classes`, a positive integer (the "
+                f"number of classes). Received: num_classes={num_classes!r}"
+            )
+        return num_classes
+
+    def num_classes(self, labels, target_shape):
+        """`num_classes` for `build_model`, from the training data.
+
+        Args:
+            labels: the training data's `LabelVocabulary` (`None` when
+                `classes` is false).
+            target_shape: the shape of one batch of targets.
+        """
+        return len(labels)
+
+    def output_layer(self, logits):
+        """The task's activation, computed in float32 under mixed precision."""
+        import keras
+
+        return keras.layers.Activation(
+            self.activation, dtype="float32", name=self.output_name
+        )(logits)
+
+    def compile_arguments(self, learning_rate=1e-3):
+        """`model.compile` arguments that fit the task: Adam, loss, metrics."""
+        import keras
+
+        return {
+            "optimizer": keras.optimizers.Adam(learning_rate),
+            "loss": {self.output_name: self.loss},
+            "metrics": {self.output_name: list(self.metrics)},
+        }
+
+    # === Data ===
+
+    def targets(self, raw_labels, labels, source=""):
+        """The target array for raw manifest labels (strings).
+
+        Args:
+            raw_labels: one label string per row.
+            labels: the `LabelVocabulary` (`None` when `classes` is false).
+            source: the manifest, for error messages.
+
+        Raises:
+            TargetError: a label that cannot become a target.
+        """
+        raise NotImplementedError
+
+    def example_labels(self, count, names, seed=0):
+        """`count` raw labels as a manifest of this task holds them.
+
+        For documentation and tests: `names` are the class names to draw
+        from (the number of regression targets is `len(names)`).
+        """
+        rng = np.random.default_rng(seed)
+        return [names[i % len(names)] for i in rng.permutation(count)]
+
+    # === Answers ===
+
+    def class_scores(self, output):
+        """One score per class, `(batch, classes)`, from the model's output."""
+        return output
+
+    def answer(self, output, labels, top_k=5):
+        """What `mmzoo predict` says for one example's output (a 1-D array)."""
+        scores = np.asarray(self.class_scores(np.asarray(output)[None]))[0]
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return {
+            "labels": [labels.names[i] for i in order],
+            "scores": [float(scores[i]) for i in order],
+        }
+
+    def serving_outputs(self, output, label_names, top_k):
+        """The outputs of an exported `serving_default`, in TensorFlow ops."""
+        import tensorflow as tf
+
+        scores = tf.convert_to_tensor(self.class_scores(output))
+        k = min(top_k, len(label_names))
+        top_scores, top_indices = tf.math.top_k(scores, k=k)
+        return {
+            self.output_name: output,
+            "top_k_labels": tf.gather(tf.constant(label_names), top_indices),
+            "top_k_scores": top_scores,
+        }
+
+    def agreement(self, first, second):
+        """The fraction of examples two models answer alike (`None`: n/a).
+
+        Used to compare an exported file with its Keras model.
+        """
+        return float(np.mean(first.argmax(-1) == second.argmax(-1)))
+
+    # === Evaluation ===
+
+    def evaluate(self, targets, output, labels):
+        """The task's evaluation metrics, a JSON-ready dict."""
+        from mmzoo.metrics import classification_metrics
+
+        return classification_metrics(targets, output, labels.names, task=self.name)
+
+
+class Multiclass(Task):
+    """One class per example: softmax over the classes."""
+
+    name = "multiclass"
+    description = "one class per example (softmax)"
+    activation = "softmax"
+    loss = "sparse_categorical_crossentropy"
+    metrics = ("sparse_categorical_accuracy",)
+
+    def num_outputs(self, num_classes):
+        num_classes = super().num_outputs(num_classes)
+        if num_classes < 2:
+            raise ValueError(
+                "A multiclass task needs at least 2 classes; use task='binary' "
+                f"for one. Received: num_classes={num_classes}"
+            )
+        return num_classes
+
+    def targets(self, raw_labels, labels, source=""):
+        return np.asarray(
+            [_index(labels, label, source) for label in raw_labels], np.int32
+        )
+
+
+class Multilabel(Task):
+    """Any number of classes per example: a sigmoid per class."""
+
+    name = "multilabel"
+    description = "any set of classes per example ('a|b'; a sigmoid each)"
+    activation = "sigmoid"
+    loss = "binary_crossentropy"
+    metrics = ("binary_accuracy",)
+    multilabel = True
+
+    def targets(self, raw_labels, labels, source=""):
+        targets = np.zeros((len(raw_labels), len(labels)), np.float32)
+        for row, label in enumerate(raw_labels):
+            columns = [_index(labels, name, source) for name in split_labels(label)]
+            targets[row, columns] = 1.0
+        return targets
+
+    def example_labels(self, count, names, seed=0):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for _ in range(count):
+            chosen = rng.random(len(names)) < 0.5
+            chosen[rng.integers(len(names))] = True
+            rows.append(LABEL_SEPARATOR.join(n for n, c in zip(names, chosen) if c))
+        return rows
+
+    def agreement(self, first, second):
+        # The same set of labels at the 0.5 threshold.
+        return float(np.mean(np.all((first >= 0.5) == (second >= 0.5), axis=-1)))
+
+
+class Binary(Task):
+    """Two classes, one sigmoid: the probability of the second class."""
+
+    name = "binary"
+    description = "two classes, one sigmoid (the second label's probability)"
+    activation = "sigmoid"
+    loss = "binary_crossentropy"
+    metrics = ("binary_accuracy",)
+
+    def num_outputs(self, num_classes):
+        if num_classes not in (None, 1, 2):
+            raise ValueError(
+                "A binary task has one sigmoid output; `num_classes` must be "
+                f"None, 1 or 2. Received: num_classes={num_classes!r}"
+            )
+        return 1
+
+    def targets(self, raw_labels, labels, source=""):
+        if len(labels) != 2:
+            raise TargetError(
+                f"{source}: a binary task needs exactly 2 labels; found "
+                f"{len(labels)}: {labels.names[:10]}"
+            )
+        return np.asarray(
+            [[_index(labels, label, source)] for label in raw_labels], np.float32
+        )
+
+    def example_labels(self, count, names, seed=0):
+        return super().example_labels(count, names[:2], seed)
+
+    def class_scores(self, output):
+        from keras import ops
+
+        # One sigmoid unit: the probability of the second label.
+        return ops.concatenate([1.0 - output, output], axis=-1)
+
+    def agreement(self, first, second):
+        return float(np.mean((first[:, 0] > 0.5) == (second[:, 0] > 0.5)))
+
+
+class Regression(Task):
+    """One or more numbers per example: a linear output each."""
+
+    name = "regression"
+    description = "numbers per example ('0.5' or '0.5|2.0'; linear)"
+    output_name = "predictions"
+    activation = "linear"
+    loss = "mean_squared_error"
+    metrics = ("mean_absolute_error",)
+    classes = False
+
+    def num_outputs(self, num_classes):
+        if num_classes is None:
+            return 1
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                "A regression task needs `num_classes`, a positive integer (the "
+                f"number of targets). Received: num_classes={num_classes!r}"
+            )
+        return num_classes
+
+    def num_classes(self, labels, target_shape):
+        return int(target_shape[-1])
+
+    def targets(self, raw_labels, labels, source=""):
+        try:
+            values = [
+                [float(value) for value in label.split(LABEL_SEPARATOR)]
+                for label in raw_labels
+            ]
+        except ValueError as error:
+            raise TargetError(
+                f"{source}: a regression label is not a number ({error})."
+            ) from None
+        widths = {len(v) for v in values}
+        if len(widths) > 1:
+            raise TargetError(
+                f"{source}: regression rows have {sorted(widths)} targets; "
+                "every row needs the same number."
+            )
+        return np.asarray(values, np.float32)
+
+    def example_labels(self, count, names, seed=0):
+        rng = np.random.default_rng(seed)
+        return [
+            LABEL_SEPARATOR.join(f"{v:.3f}" for v in rng.normal(size=len(names)))
+            for _ in range(count)
+        ]
+
+    def answer(self, output, labels, top_k=5):
+        return {"predictions": np.asarray(output, float).tolist()}
+
+    def serving_outputs(self, output, label_names, top_k):
+        return {self.output_name: output}
+
+    def agreement(self, first, second):
+        return None
+
+    def evaluate(self, targets, output, labels):
+        from mmzoo.metrics import regression_metrics
+
+        return regression_metrics(targets, output)
+
+
+def _index(labels, name, source):
+    if name in labels:
+        return labels.index(name)
+    if labels.has_unknown:
+        return labels.index(labels.UNKNOWN)
+    raise TargetError(
+        f"{source}: labels outside the vocabulary (e.g. {name!r}) and no [UNK] "
+        "class to map them to; build the vocabulary with "
+        "LabelVocabulary.fit(..., add_unknown=True)."
+    )
+
+
+TASKS = MappingProxyType(
+    {task.name: task for task in (Multiclass(), Multilabel(), Binary(), Regression())}
+)
+
+
+def get_task(task):
+    """The registered `Task` for a name (a `Task` passes through)."""
+    if isinstance(task, Task):
+        return task
+    check_choice("task", task, TASKS)
+    return TASKS[task]
