@@ -34,14 +34,22 @@ import sys
 import time
 
 from benchmarks import child_environment
-from mmzoo.registry import FUSIONS as ALL_FUSIONS
+from mmzoo import registry
 
 BACKENDS = ("tensorflow", "jax", "torch")
 PARTS = ("throughput", "pipeline", "serving", "tflite")
 TOWERS = ("vgg16", "resnet50", "mobilenet_v3_small", "small_cnn")
-TEXT_TOWERS = ("bow", "cnn", "bilstm", "transformer")
+# The text towers trained from scratch, which build on every backend (the
+# pretrained ones need their hub's files).
+TEXT_TOWERS = tuple(
+    name
+    for name, spec in registry.TEXT_TOWERS.items()
+    if spec.tokenizer == "word" and spec.portable
+)
 # Every fusion but the unimodal baselines, which the bare tower stands for.
-FUSIONS = tuple(f for f in ALL_FUSIONS if f not in ("image_only", "text_only"))
+FUSIONS = tuple(
+    name for name, spec in registry.FUSIONS.items() if len(spec.modalities) == 2
+)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 SUITES = {

@@ -37,8 +37,8 @@ import numpy as np
 
 import mmzoo
 from benchmarks import child_environment
+from mmzoo import registry
 from mmzoo.towers import build_image_tower
-from mmzoo.towers.image import APPLICATIONS
 
 BARE = "bare"  # the `fusion` of a bare image tower: no text, no fusion
 
@@ -96,11 +96,11 @@ def build(config):
 def bare_tower(name, image_size):
     """The image tower alone under a softmax layer, inputs `{"image"}`."""
     image = keras.Input((image_size, image_size, 3), name="image")
-    if name == "small_cnn":
-        backbone = build_image_tower("small_cnn", image_size, pooling="avg")
+    application = registry.image_tower(name).application
+    if application is None:
+        backbone = build_image_tower(name, image_size, pooling="avg")
     else:
-        constructor, _ = APPLICATIONS[name]
-        backbone = getattr(keras.applications, constructor)(
+        backbone = getattr(keras.applications, application)(
             include_top=False,
             weights=None,
             input_shape=(image_size, image_size, 3),
@@ -513,7 +513,8 @@ def overhead(results):
         for kind in ("train", "infer"):
             ratio[f"{kind}_ratio"], ratio["paired"] = _ratio(row, base, kind)
         target = fusion_target(row["fusion"], row["text_tower"])
-        if target is not None and row["image_tower"] in APPLICATIONS:
+        tower = registry.IMAGE_TOWERS.get(row["image_tower"])
+        if target is not None and tower is not None and tower.application:
             ratio["target"] = target
             ratio["meets_target"] = ratio["train_ratio"] >= target
         rows.append(ratio)

@@ -14,8 +14,8 @@ def lazy_exports(package_name, exports):
 
     Args:
         package_name: the package's `__name__`, e.g. "mmzoo.export".
-        exports: a dict of public name -> submodule (relative to the
-            package) that defines it.
+        exports: a dict of public name -> submodule that defines it,
+            relative to the package, or absolute (starting with "mmzoo.").
 
     Returns:
         `(__getattr__, __dir__, __all__)`, to assign in the package's
@@ -31,7 +31,10 @@ def lazy_exports(package_name, exports):
     def __getattr__(name):
         if name not in exports:
             raise AttributeError(f"module {package_name!r} has no attribute {name!r}")
-        module = importlib.import_module(f"{package_name}.{exports[name]}")
+        module = exports[name]
+        if not module.startswith("mmzoo."):
+            module = f"{package_name}.{module}"
+        module = importlib.import_module(module)
         return getattr(module, name)
 
     def __dir__():

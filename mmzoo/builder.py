@@ -1,30 +1,28 @@
-"""`build_model`: the zoo's front door."""
+"""`build_model`: the zoo's front door, and the model class it returns.
 
+`build_model` reads everything it builds from `mmzoo.registry` (which
+tower, which fusion layer, with which of its arguments, what the fusion
+takes and returns) and from the task (`mmzoo.tasks`): it tests no
+component's name.
+"""
+
+import contextlib
 import difflib
+import re
 
 import keras
 
-from mmzoo import heads
-from mmzoo.fusion import BilinearFusion
-from mmzoo.fusion import ConcatFusion
-from mmzoo.fusion import CrossAttentionFusion
-from mmzoo.fusion import GatedFusion
-from mmzoo.fusion import LateFusion
-from mmzoo.fusion import ModalityAttentionFusion
-from mmzoo.fusion import WeightedSumFusion
-from mmzoo.fusion.late import COMBINES as LATE_COMBINES
+from mmzoo import registry
+from mmzoo.checks import check_choice
 from mmzoo.layers import ModalityDropout
 from mmzoo.layers import PaddingMask
-from mmzoo.registry import FUSIONS
-from mmzoo.registry import IMAGE_TOWERS
-from mmzoo.registry import TEXT_TOWERS
-from mmzoo.registry import check_choice
-from mmzoo.registry import get_preset
-from mmzoo.towers import build_image_tower
-from mmzoo.towers import build_text_tower
+from mmzoo.tasks import get_task
+from mmzoo.towers.image import POOLINGS
+from mmzoo.towers.image import build_image_tower
 from mmzoo.towers.image import check_image_size
 
-# Every argument `build_model` takes, with its default. A preset overrides
+# Every argument `build_model` takes, with its default: the one table the
+# towers' and fusions' own defaults agree with (tested). A preset overrides
 # some of these; keywords given to `build_model` override both.
 DEFAULTS = {
     # Components.
@@ -74,25 +72,140 @@ DEFAULTS = {
     "name": None,
 }
 
-SEQUENCE_FUSIONS = ("cross_attention",)
+# Values `build_model` derives from its arguments, which a registry spec's
+# `arguments` may map a component's argument to.
+DERIVED = {
+    "num_outputs": "the output layer's width (the task's, from `num_classes`)",
+    "trainable_embeddings": "not `freeze_embeddings`",
+    "trainable_text_tower": "not `freeze_text_tower`",
+}
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
+class MultimodalModel(keras.Model):
+    """A zoo model: an ordinary functional Keras model that keeps its recipe.
+
+    `build_model` returns one. It trains, evaluates, predicts, saves and
+    exports like any functional model; its single output is the dict
+    `{task.output_name: ...}`, so `compile(loss="...")`, output-named
+    dicts, `fit(x, y)` and `fit(x, {"probabilities": y})` all work. On top
+    of that it remembers the `build_model` arguments it was made with
+    (saved in its config, so in `.keras` files), which is enough to build
+    it again, at another size or with another component:
+    `mmzoo.build_model(model, image_size=96)`.
+
+    Attributes:
+        build_arguments: the resolved `build_model` arguments (a copy).
+        task: its `mmzoo.tasks.Task`.
+        returns_modality_weights: its fusion layer reports per-example
+            modality weights, which `with_modality_weights` exposes.
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        # Keras revives a functional subclass through this signature (the
+        # one of `Functional.__init__`); the recipe rides in `kwargs`.
+        build_arguments = kwargs.pop("build_arguments", None)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        self._build_arguments = dict(build_arguments or {})
+
+    @property
+    def build_arguments(self):
+        return dict(self._build_arguments)
+
+    @property
+    def task(self):
+        return get_task(self._build_arguments.get("task", DEFAULTS["task"]))
+
+    @property
+    def returns_modality_weights(self):
+        return _weights_of(self) is not None
+
+    def get_config(self):
+        return {**super().get_config(), "build_arguments": self._build_arguments}
+
+
+def with_modality_weights(model):
+    """The same model with a second output, `modality_weights`.
+
+    A zoo model's only output is its prediction, so that plain Keras
+    `compile`/`fit` code works. Fusions that weigh the modalities
+    (`weighted_sum`, `gated`, `modality_attention`, `late` with
+    `late_combine="learned"`) compute per-example weights `(batch, 2)` in
+    [image, text] order inside the `fusion` layer; this returns a model
+    sharing every layer (and so every weight) with `model` whose outputs
+    add them. The exports and `mmzoo predict` use it.
+
+    Args:
+        model: a zoo model (`build_model`, `mmzoo.load_model`).
+
+    Returns:
+        A `keras.Model` with the outputs of `model` plus
+        `"modality_weights"` (float32).
+
+    Raises:
+        ValueError: the model's fusion computes no modality weights.
+
+    Example:
+
+    >>> model = mmzoo.build_model(fusion="gated", num_classes=3,
+    ...                           image_size=32, max_tokens=8)
+    >>> explained = mmzoo.with_modality_weights(model)
+    >>> sorted(explained.output)
+    ['modality_weights', 'probabilities']
+    """
+    weights = _weights_of(model)
+    if weights is None:
+        raise ValueError(
+            f"Model {model.name!r} computes no modality weights: its fusion "
+            "is not one of weighted_sum, gated, modality_attention or late "
+            "with late_combine='learned'."
+        )
+    weights = keras.layers.Activation(
+        "linear", dtype="float32", name="modality_weights"
+    )(weights)
+    return keras.Model(
+        model.input, {**model.output, "modality_weights": weights}, name=model.name
+    )
+
+
+def explained_model(model):
+    """`with_modality_weights(model)` where the fusion computes the weights,
+    else `model` itself."""
+    if _weights_of(model) is None:
+        return model
+    return with_modality_weights(model)
+
+
+def _weights_of(model):
+    """The fusion layer's modality-weights tensor in `model`'s graph, or None."""
+    try:
+        layer = model.get_layer("fusion")
+    except ValueError:
+        return None
+    if not getattr(layer, "returns_weights", False):
+        return None
+    return layer.output[1]
 
 
 def build_model(preset=None, /, **arguments):
     """Build a multimodal image + text model as a Keras functional model.
 
-    Two ways in: a preset name (`mmzoo.list_models()`), with keyword
-    overrides on top, or components by name.
+    Three ways in: a preset name (`mmzoo.list_models()`), with keyword
+    overrides on top; a zoo model, rebuilt from the arguments it was built
+    with, the keywords on top (new weights); or components by name.
 
     Args:
-        preset: a preset name, or `None` to name the components.
+        preset: a preset name, a zoo model (`MultimodalModel`), or `None`
+            to name the components.
         image_tower: one of `mmzoo.list_image_towers()`, default
             `small_cnn`; or a `keras.Model` of your own mapping raw
             (batch, image_size, image_size, 3) pixels to (batch, D) features
-            (or a (batch, h, w, D) grid for cross-attention), used as is.
+            (or a (batch, h, w, D) grid for grid fusions), used as is.
         text_tower: one of `mmzoo.list_text_towers()`. Default `bow`.
         fusion: one of `mmzoo.list_fusions()`. Default `concat`.
-        task: `multiclass` (softmax), `multilabel` (sigmoid per class),
-            `binary` (one sigmoid) or `regression` (linear).
+        task: one of `mmzoo.list_tasks()`: `multiclass` (softmax),
+            `multilabel` (sigmoid per class), `binary` (one sigmoid) or
+            `regression` (linear).
         num_classes: classes (or regression targets).
         head_units: widths of the head's hidden layers. Default `(256,)`.
         dropout: dropout after each hidden head layer. Default 0.2.
@@ -101,7 +214,8 @@ def build_model(preset=None, /, **arguments):
         image_size: input height and width, at least 32. Default 224.
         image_weights: `None`, `"imagenet"` or a local weights file.
         image_pooling: `"avg"`, `"max"` or `None` (keep the grid). Default:
-            `None` for cross-attention, `"avg"` otherwise.
+            `None` for fusions that take the image's grid (cross_attention,
+            film), `"avg"` otherwise.
         freeze_image_tower: freeze the whole image tower.
         image_trainable_layers: fine-tune only the backbone's top N layers.
         image_filters: `small_cnn` conv block widths. Default (32, 64, 128).
@@ -123,18 +237,18 @@ def build_model(preset=None, /, **arguments):
             learn them.
         late_combine: late fusion: `average`, `learned` or `stacking`.
         seed: seed for the model's random layers (modality dropout).
-        compile: compile with Adam, the task's loss and a metric.
+        compile: compile with Adam, the task's loss and metric.
         learning_rate: Adam's learning rate when compiling. Default 1e-3.
         name: the model's name. Default: the preset or the components.
 
     Returns:
-        A `keras.Model` with named inputs `image` (batch, H, W, 3; raw 0-255
-        RGB) and `tokens` (batch, max_tokens; int32; 0 is padding), or `text`
-        (strings) for the `hub` tower. Unimodal baselines take both inputs
-        and ignore one. Its outputs are the dict `{"probabilities": ...}`
-        (`"predictions"` for regression), plus `"modality_weights"` (batch,
-        2) in [image, text] order for fusions that compute them. Outputs are
-        float32 under any mixed-precision policy.
+        A `MultimodalModel` with named inputs `image` (batch, H, W, 3; raw
+        0-255 RGB) and `tokens` (batch, max_tokens; int32; 0 is padding),
+        or `text` (strings) for the `hub` tower. Unimodal baselines take
+        both inputs and ignore one. Its output is the dict
+        `{"probabilities": ...}` (`"predictions"` for regression), float32
+        under any mixed-precision policy; `with_modality_weights(model)`
+        adds the modality weights of fusions that compute them.
 
     Examples:
 
@@ -145,133 +259,64 @@ def build_model(preset=None, /, **arguments):
     ...     max_tokens=16, vocab_size=1000)
     >>> sorted(model.output)
     ['probabilities']
+    >>> bigger = mmzoo.build_model(model, image_size=96)
     """
-    config = _resolve(preset, arguments)
-    task = config["task"]
-    output_name = heads.output_name(task)
-    outputs_width = heads.num_outputs(task, config["num_classes"])
-    fusion = config["fusion"]
-    uses_image = fusion != "text_only"
-    uses_text = fusion != "image_only"
-    pooling = _image_pooling(config)
+    config, preset_name = _resolve(preset, arguments)
+    task = get_task(config["task"])
+    fusion = registry.fusion(config["fusion"])
+    text_spec = registry.text_tower(config["text_tower"])
+    context = {
+        **config,
+        "num_outputs": task.num_outputs(config["num_classes"]),
+        "trainable_embeddings": not config["freeze_embeddings"],
+        "trainable_text_tower": not config["freeze_text_tower"],
+    }
+    pooling = _image_pooling(config, fusion)
+    # Instantiated first: the layer validates its arguments before any
+    # tower is built.
+    layer = _fusion_layer(fusion, context)
 
+    # === Inputs ===
     # Unimodal baselines take both inputs too (ignoring one), so that every
     # zoo model fits the same data pipeline and serving signature.
     size = config["image_size"]
-    check_image_size(size)
     inputs = {"image": keras.Input((size, size, 3), name="image")}
-    if config["text_tower"] == "hub":
-        inputs["text"] = keras.Input((), dtype="string", name="text")
-    else:
+    if text_spec.takes == "tokens":
         inputs["tokens"] = keras.Input(
             (config["max_tokens"],), dtype="int32", name="tokens"
         )
-    image = inputs.get("image")
-    tokens = inputs.get("tokens")
-
-    if config["modality_dropout"]:
-        if not (uses_image and uses_text and tokens is not None):
-            raise ValueError(
-                "`modality_dropout` blanks the image or the token ids of an "
-                "example, so it needs both; it does not apply to "
-                f"fusion={fusion!r} with text_tower={config['text_tower']!r}. "
-                f"Received: modality_dropout={config['modality_dropout']}"
-            )
-        image, tokens = ModalityDropout(
-            config["modality_dropout"], seed=config["seed"], name="modality_dropout"
-        )([image, tokens])
-
-    features = []
-    if uses_image:
-        tower = config["image_tower"]
-        if isinstance(tower, str):
-            tower = build_image_tower(
-                tower,
-                image_size=config["image_size"],
-                weights=config["image_weights"],
-                pooling=pooling,
-                trainable=not config["freeze_image_tower"],
-                trainable_layers=config["image_trainable_layers"],
-                filters=config["image_filters"],
-            )
-        else:
-            _check_custom_image_tower(tower, pooling, fusion)
-        features.append(tower(image))
-    text_mask = None
-    if uses_text:
-        tower = build_text_tower(
-            config["text_tower"],
-            vocab_size=config["vocab_size"],
-            max_tokens=config["max_tokens"],
-            embedding_dim=config["embedding_dim"],
-            units=config["text_units"],
-            num_layers=config["text_layers"],
-            num_heads=config["text_heads"],
-            dropout=config["text_dropout"],
-            kernel_sizes=config["text_kernel_sizes"],
-            embeddings=config["text_embeddings"],
-            vocabulary=config["vocabulary"],
-            trainable_embeddings=not config["freeze_embeddings"],
-            preset=config["text_preset"],
-            hub_handle=config["hub_handle"],
-            trainable=not config["freeze_text_tower"],
-        )
-        text = tower(tokens if tokens is not None else inputs["text"])
-        if fusion in SEQUENCE_FUSIONS:
-            if "sequence" not in text:
-                raise ValueError(
-                    f"fusion={fusion!r} attends over the text's tokens, but "
-                    f"text_tower={config['text_tower']!r} gives one vector per "
-                    "text. Use a token-level text tower: "
-                    f"{[t for t in TEXT_TOWERS if t != 'hub']}"
-                )
-            text_mask = PaddingMask(name="text_mask")(tokens)
-            features.append(text["sequence"])
-        else:
-            features.append(text["pooled"])
-
-    weights = None
-    if fusion in ("image_only", "text_only"):
-        (fused,) = features
     else:
-        if fusion in SEQUENCE_FUSIONS:
-            cells = features[0]
-            features[0] = keras.layers.Reshape(
-                (cells.shape[1] * cells.shape[2], cells.shape[3]), name="image_cells"
-            )(cells)
-        layer = _fusion_layer(fusion, config, outputs_width)
-        fused = (
-            layer(features, masks=[None, text_mask])
-            if text_mask is not None
-            else layer(features)
-        )
-        if layer.returns_weights:
-            fused, weights = fused
+        inputs["text"] = keras.Input((), dtype="string", name="text")
+    image, text = _modality_dropout(config, fusion, text_spec, inputs)
 
-    if fusion == "late":
-        logits = fused
-    else:
-        x = heads.hidden_layers(fused, config["head_units"], config["dropout"])
-        logits = keras.layers.Dense(outputs_width, name="logits")(x)
-    outputs = {output_name: heads.output_layer(logits, task)}
-    if weights is not None:
-        outputs["modality_weights"] = keras.layers.Activation(
-            "linear", dtype="float32", name="modality_weights"
-        )(weights)
+    # === Towers ===
+    features, masks = [], []
+    if "image" in fusion.modalities:
+        features.append(_image_features(config, fusion, pooling, image))
+        masks.append(None)
+    if "text" in fusion.modalities:
+        sequence, mask = _text_features(context, fusion, text_spec, text)
+        features.append(sequence)
+        masks.append(mask)
 
-    image_name = config["image_tower"]
-    if not isinstance(image_name, str):
-        image_name = image_name.name
-    name = (
-        config["name"] or preset or "_".join((image_name, config["text_tower"], fusion))
+    # === Fusion and head ===
+    fused = _fuse(layer, features, masks)
+    if not fusion.returns_logits:
+        fused = _head(fused, config, context["num_outputs"])
+    outputs = {task.output_name: task.output_layer(fused)}
+
+    # === Model ===
+    name = config["name"] or preset_name or _components_name(config)
+    model = MultimodalModel(
+        inputs, outputs, name=name, build_arguments=_recipe(config, preset_name)
     )
-    model = keras.Model(inputs, outputs, name=name)
     if config["compile"]:
-        model.compile(**heads.default_compile_arguments(task, config["learning_rate"]))
+        model.compile(**task.compile_arguments(config["learning_rate"]))
     return model
 
 
 def _resolve(preset, arguments):
+    """The complete, validated arguments, and the preset's name (or None)."""
     unknown = sorted(set(arguments) - set(DEFAULTS))
     if unknown:
         hints = []
@@ -286,15 +331,164 @@ def _resolve(preset, arguments):
             + f". Valid arguments: {sorted(DEFAULTS)}"
         )
     config = dict(DEFAULTS)
-    if preset is not None:
-        config.update(get_preset(preset))
+    preset_name = None
+    if isinstance(preset, MultimodalModel):
+        recipe = preset.build_arguments
+        if isinstance(recipe.get("image_tower"), dict) and "image_tower" not in (
+            arguments
+        ):
+            raise ValueError(
+                f"Model {preset.name!r} was built with an image tower of your "
+                f"own ({recipe['image_tower']['custom']!r}); pass it again as "
+                "`image_tower=` to rebuild the model."
+            )
+        config.update({k: v for k, v in recipe.items() if k in DEFAULTS})
+        preset_name = config["name"]
+    elif preset is not None:
+        if not isinstance(preset, str):
+            raise TypeError(
+                "build_model's first argument is a preset name or a zoo model "
+                f"to rebuild. Received: {type(preset).__name__}"
+            )
+        config.update(registry.get_preset(preset))
+        preset_name = preset
     config.update(arguments)
     if not isinstance(config["image_tower"], keras.Model):
-        check_choice("image_tower", config["image_tower"], IMAGE_TOWERS)
-    check_choice("text_tower", config["text_tower"], TEXT_TOWERS)
-    check_choice("fusion", config["fusion"], FUSIONS)
-    check_choice("late_combine", config["late_combine"], LATE_COMBINES)
-    return config
+        registry.image_tower(config["image_tower"])
+    registry.text_tower(config["text_tower"])
+    registry.fusion(config["fusion"])
+    get_task(config["task"])
+    check_image_size(config["image_size"])
+    return config, preset_name
+
+
+def _recipe(config, preset_name):
+    """The arguments as JSON-ready data, for the model's config."""
+    recipe = {**config, "name": config["name"] or preset_name}
+    tower = config["image_tower"]
+    if isinstance(tower, keras.Model):
+        recipe["image_tower"] = {"custom": tower.name}
+    return _plain(recipe)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _components_name(config):
+    tower = config["image_tower"]
+    image_name = tower.name if isinstance(tower, keras.Model) else tower
+    return "_".join((image_name, config["text_tower"], config["fusion"]))
+
+
+def _image_pooling(config, fusion):
+    pooling = config["image_pooling"]
+    pooling = None if pooling in ("none", "None") else pooling
+    if pooling == "auto":
+        return None if fusion.image_grid else "avg"
+    check_choice("image_pooling", pooling, POOLINGS)
+    if fusion.image_grid and pooling is not None:
+        raise ValueError(
+            f"fusion={fusion.name!r} takes the image's grid cells, so the image "
+            "tower must keep its grid: use image_pooling=None. Received: "
+            f"image_pooling={pooling!r}"
+        )
+    if not fusion.image_grid and pooling is None:
+        grid = [name for name, spec in registry.FUSIONS.items() if spec.image_grid]
+        raise ValueError(
+            f"fusion={fusion.name!r} fuses one vector per modality; "
+            f"image_pooling=None (a grid) only suits {grid}. Use 'avg' or "
+            "'max'."
+        )
+    return pooling
+
+
+def _modality_dropout(config, fusion, text_spec, inputs):
+    """The image and text inputs, through `ModalityDropout` if asked for."""
+    image = inputs["image"]
+    text = inputs.get("tokens", inputs.get("text"))
+    if not config["modality_dropout"]:
+        return image, text
+    if len(fusion.modalities) < 2 or text_spec.takes != "tokens":
+        raise ValueError(
+            "`modality_dropout` blanks the image or the token ids of an "
+            "example, so it needs both; it does not apply to "
+            f"fusion={fusion.name!r} with text_tower={text_spec.name!r}. "
+            f"Received: modality_dropout={config['modality_dropout']}"
+        )
+    return ModalityDropout(
+        config["modality_dropout"], seed=config["seed"], name="modality_dropout"
+    )([image, text])
+
+
+def _image_features(config, fusion, pooling, image):
+    tower = config["image_tower"]
+    if isinstance(tower, keras.Model):
+        _check_custom_image_tower(tower, pooling, fusion)
+    else:
+        tower = build_image_tower(
+            tower,
+            image_size=config["image_size"],
+            weights=config["image_weights"],
+            pooling=pooling,
+            trainable=not config["freeze_image_tower"],
+            trainable_layers=config["image_trainable_layers"],
+            filters=config["image_filters"],
+        )
+    features = tower(image)
+    if fusion.image_grid:
+        features = keras.layers.Reshape(
+            (features.shape[1] * features.shape[2], features.shape[3]),
+            name="image_cells",
+        )(features)
+    return features
+
+
+def _text_features(context, fusion, spec, text):
+    """The text's features for the fusion, and their padding mask (or None)."""
+    builder = registry.resolve(spec.build)
+    with _in_build_terms(spec.arguments):
+        tower = builder(**_arguments(spec.arguments, context))
+    outputs = tower(text)
+    if not fusion.text_sequence:
+        return outputs["pooled"], None
+    if not spec.sequence:
+        token_towers = [n for n, s in registry.TEXT_TOWERS.items() if s.sequence]
+        raise ValueError(
+            f"fusion={fusion.name!r} attends over the text's tokens, but "
+            f"text_tower={spec.name!r} gives one vector per text. Use a "
+            f"token-level text tower: {token_towers}"
+        )
+    return outputs["sequence"], PaddingMask(name="text_mask")(text)
+
+
+def _arguments(mapping, context):
+    """A component's keyword arguments, from a spec's `arguments` mapping."""
+    return {argument: context[key] for argument, key in mapping.items()}
+
+
+@contextlib.contextmanager
+def _in_build_terms(mapping):
+    """Re-raise a component's ValueError naming `build_model`'s arguments.
+
+    A fusion layer checks `combine`, which the user passed as
+    `late_combine`: the message should say what they wrote.
+    """
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        for argument, key in mapping.items():
+            if key != argument and key in DEFAULTS:
+                message = re.sub(rf"`{argument}`", f"`{key}`", message)
+                message = re.sub(rf"\b{argument}=", f"{key}=", message)
+        if message == str(error):
+            raise
+        raise ValueError(message) from error
 
 
 def _check_custom_image_tower(tower, pooling, fusion):
@@ -303,62 +497,41 @@ def _check_custom_image_tower(tower, pooling, fusion):
     if shape is None or len(shape) != rank:
         kind = "a (batch, h, w, D) grid" if rank == 4 else "(batch, D) features"
         raise ValueError(
-            f"fusion={fusion!r} needs an image tower giving {kind}. Received: "
-            f"image_tower {tower.name!r} with output shape {shape}"
+            f"fusion={fusion.name!r} needs an image tower giving {kind}. "
+            f"Received: image_tower {tower.name!r} with output shape {shape}"
         )
 
 
-def _image_pooling(config):
-    pooling = config["image_pooling"]
-    pooling = None if pooling in ("none", "None") else pooling
-    sequence = config["fusion"] in SEQUENCE_FUSIONS
-    if pooling == "auto":
-        return None if sequence else "avg"
-    check_choice("image_pooling", pooling, ("avg", "max", None))
-    if sequence and pooling is not None:
-        raise ValueError(
-            f"fusion={config['fusion']!r} attends over the image's grid cells, "
-            f"so the image tower must keep its grid: use image_pooling=None. "
-            f"Received: image_pooling={pooling!r}"
-        )
-    if not sequence and pooling is None:
-        raise ValueError(
-            f"fusion={config['fusion']!r} fuses one vector per modality; "
-            "image_pooling=None (a grid) only suits cross_attention. Use "
-            "'avg' or 'max'."
-        )
-    return pooling
+def _fusion_layer(fusion, context):
+    """The registered fusion layer with its arguments, or None (unimodal)."""
+    if fusion.layer is None:
+        return None
+    layer_class = registry.resolve(fusion.layer)
+    with _in_build_terms(fusion.arguments):
+        return layer_class(**_arguments(fusion.arguments, context), name="fusion")
 
 
-def _fusion_layer(fusion, config, outputs_width):
-    units = config["fusion_units"]
-    dropout = config["fusion_dropout"]
-    if fusion == "concat":
-        return ConcatFusion(units=units, name="fusion")
-    if fusion == "weighted_sum":
-        return WeightedSumFusion(
-            units=units, modality_weights=config["fusion_weights"], name="fusion"
-        )
-    if fusion == "gated":
-        return GatedFusion(units=units, name="fusion")
-    if fusion == "modality_attention":
-        return ModalityAttentionFusion(units=units, name="fusion")
-    if fusion == "bilinear":
-        return BilinearFusion(
-            units=units, rank=config["fusion_rank"], dropout=dropout, name="fusion"
-        )
-    if fusion == "cross_attention":
-        return CrossAttentionFusion(
-            units=units,
-            num_heads=config["fusion_heads"],
-            num_layers=config["fusion_layers"],
-            dropout=dropout,
-            name="fusion",
-        )
-    return LateFusion(
-        outputs_width,
-        combine=config["late_combine"],
-        units=units,
-        dropout=dropout,
-        name="fusion",
-    )
+def _fuse(layer, features, masks):
+    """The fusion layer's output (a unimodal baseline's features as they are)."""
+    if layer is None:
+        (fused,) = features
+        return fused
+    if any(mask is not None for mask in masks):
+        fused = layer(features, masks=masks)
+    else:
+        fused = layer(features)
+    if layer.returns_weights:
+        # The weights stay in the graph, reachable through
+        # `with_modality_weights`, but are not an output: a second output
+        # without a target breaks plain `fit(x, y)` (see the README).
+        fused, _ = fused
+    return fused
+
+
+def _head(fused, config, width):
+    """Dense + ReLU + dropout per `head_units` width, then the logits."""
+    x = fused
+    for index, units in enumerate(config["head_units"]):
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{index}")(x)
+        x = keras.layers.Dropout(config["dropout"], name=f"head_dropout_{index}")(x)
+    return keras.layers.Dense(width, name="logits")(x)

@@ -17,6 +17,14 @@ def _list(args):
         "image-towers": ("Image towers", registry.list_image_towers),
         "text-towers": ("Text towers", registry.list_text_towers),
         "fusions": ("Fusions", registry.list_fusions),
+        "tasks": ("Tasks (build_model(task=...))", registry.list_tasks),
+    }
+    tables = {
+        "models": registry.PRESETS,
+        "image-towers": registry.IMAGE_TOWERS,
+        "text-towers": registry.TEXT_TOWERS,
+        "fusions": registry.FUSIONS,
+        "tasks": registry.TASKS,
     }
     chosen = [args.what] if args.what else list(sections)
     for key in chosen:
@@ -24,11 +32,11 @@ def _list(args):
         names = lister(args.pattern)
         print(f"{title}: {len(names)}")
         for name in names:
-            if key == "models":
-                spec = registry.PRESETS[name]
-                print(f"  {name:<44} {spec['description']}")
-            else:
-                print(f"  {name}")
+            entry = tables[key][name]
+            description = (
+                entry["description"] if isinstance(entry, dict) else entry.description
+            )
+            print(f"  {name:<44} {description}")
         print()
     return 0
 
@@ -107,7 +115,7 @@ def _train(args):
     except (ConfigError, trainer.RunError, *_data_errors()) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from mmzoo.training.metrics import format_metrics
+    from mmzoo.metrics import format_metrics
 
     for split in ("val", "test"):
         if split in result["metrics"]:
@@ -137,7 +145,7 @@ def _evaluate(args):
     except _data_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from mmzoo.training.metrics import format_metrics
+    from mmzoo.metrics import format_metrics
 
     print(format_metrics(metrics) if "examples" in metrics else json.dumps(metrics))
     print(f"\nMetrics written to {path}")
@@ -145,7 +153,7 @@ def _evaluate(args):
 
 
 def _predict(args):
-    from mmzoo.training.runs import predict
+    from mmzoo.runs import predict
 
     try:
         result = predict(args.model, args.image, args.text, top_k=args.top_k)
@@ -167,7 +175,7 @@ def _predict(args):
 def _export(args):
     import os
 
-    from mmzoo.training.runs import load_run
+    from mmzoo.runs import load_run
 
     if not (args.saved_model or args.tflite):
         print("error: pass --saved-model DIR and/or --tflite FILE", file=sys.stderr)
@@ -206,7 +214,7 @@ def _export(args):
 
 
 def _demo(args):
-    from mmzoo.training.demo import run_demo
+    from mmzoo.apps.demo import run_demo
 
     _configure_logging()
     savedmodels = None if args.no_export else args.savedmodels
@@ -228,7 +236,7 @@ def _add_train_arguments(parser):
     add("--image-tower", **keep)
     add("--text-tower", **keep)
     add("--fusion", **keep)
-    add("--task", choices=("multiclass", "multilabel", "binary", "regression"), **keep)
+    add("--task", choices=registry.list_tasks(), **keep)
     add("--image-size", type=int, metavar="N", **keep)
     add("--max-tokens", type=int, metavar="N", **keep)
     add("--vocab-size", type=int, metavar="N", **keep)
@@ -287,7 +295,7 @@ def build_parser():
     listing.add_argument(
         "what",
         nargs="?",
-        choices=("models", "image-towers", "text-towers", "fusions"),
+        choices=("models", "image-towers", "text-towers", "fusions", "tasks"),
         help="one section only (default: all)",
     )
     listing.add_argument(

@@ -53,17 +53,21 @@ class ImageTowerSpec:
     Attributes:
         name: the `image_tower=` name.
         description: one line for `mmzoo list`.
-        application: the `keras.applications` constructor, or `None` for
-            a tower mmzoo builds itself (`small_cnn`).
+        application: the `keras.applications` constructor (without top),
+            or `None` for a tower that `backbone` builds.
+        backbone: for a tower that is not a keras.applications model,
+            `"module:function"` building its backbone from `(image_size,
+            filters, weights)`.
         preprocessing: the family's `preprocess_input` mode run inside the
             tower (`mmzoo.layers.ImagePreprocessing`), or `None` when the
-            application (or tower) rescales raw pixels in its own graph.
+            application (or backbone) rescales raw pixels in its own graph.
         large: several seconds to build on a CPU (tests mark it `slow`).
     """
 
     name: str
     description: str
     application: str | None = None
+    backbone: str | None = None
     preprocessing: str | None = None
     large: bool = False
 
@@ -117,8 +121,11 @@ class FusionSpec:
         modalities: the modalities it reads, in order: `("image", "text")`,
             or one of them for a unimodal baseline (which still takes both
             inputs, so every zoo model fits one pipeline and signature).
-        sequence: it attends over the image's grid cells and the text's
-            tokens instead of one vector per modality.
+        image_grid: it takes the image's grid cells `(batch, cells, D)`
+            instead of one pooled vector (the tower keeps its grid).
+        text_sequence: it takes the text's tokens `(batch, steps, D)`,
+            with their padding mask, instead of one pooled vector (it
+            needs a text tower whose `sequence` trait is true).
         returns_logits: the layer ends in the task's logits (it holds its
             own heads), so the model adds no head after it (map an argument
             to `num_outputs` for the logits' width).
@@ -134,7 +141,8 @@ class FusionSpec:
         default_factory=lambda: MappingProxyType({})
     )
     modalities: tuple = ("image", "text")
-    sequence: bool = False
+    image_grid: bool = False
+    text_sequence: bool = False
     returns_logits: bool = False
     modality_weights: bool = False
 
@@ -173,14 +181,16 @@ IMAGE_TOWERS = MappingProxyType(
             name: ImageTowerSpec(
                 name,
                 f"keras.applications.{application}, without top",
-                application,
-                preprocessing,
-                large,
+                application=application,
+                preprocessing=preprocessing,
+                large=large,
             )
             for name, application, preprocessing, large in _APPLICATIONS
         },
         "small_cnn": ImageTowerSpec(
-            "small_cnn", "conv / batch-norm / max-pool blocks for small images"
+            "small_cnn",
+            "conv / batch-norm / max-pool blocks for small images",
+            backbone="mmzoo.towers.image:small_cnn",
         ),
     }
 )
@@ -291,7 +301,8 @@ FUSIONS = MappingProxyType(
                     "dropout": "fusion_dropout",
                 }
             ),
-            sequence=True,
+            image_grid=True,
+            text_sequence=True,
         ),
         "bilinear": FusionSpec(
             "bilinear",
@@ -304,6 +315,7 @@ FUSIONS = MappingProxyType(
             "the text scales and shifts the image's channels (Perez et al. 2018)",
             "mmzoo.fusion.film:FiLMFusion",
             _frozen({**_UNITS, "dropout": "fusion_dropout"}),
+            image_grid=True,
         ),
         "late": FusionSpec(
             "late",

@@ -66,6 +66,10 @@ class Task:
             )
         return num_classes
 
+    def num_labels(self, width):
+        """How many class names an output of `width` units needs."""
+        return width
+
     def num_classes(self, labels, target_shape):
         """`num_classes` for `build_model`, from the training data.
 
@@ -234,6 +238,9 @@ class Binary(Task):
             )
         return 1
 
+    def num_labels(self, width):
+        return 2
+
     def targets(self, raw_labels, labels, source=""):
         if len(labels) != 2:
             raise TargetError(
@@ -277,6 +284,10 @@ class Regression(Task):
                 f"number of targets). Received: num_classes={num_classes!r}"
             )
         return num_classes
+
+    def num_labels(self, width):
+        """How many class names an output of `width` units needs."""
+        return width
 
     def num_classes(self, labels, target_shape):
         return int(target_shape[-1])

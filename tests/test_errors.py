@@ -63,9 +63,10 @@ def test_cross_attention_needs_the_image_grid():
         mmzoo.build_model(fusion="cross_attention", image_pooling="avg", **TINY)
 
 
-def test_grid_only_suits_cross_attention():
+def test_grid_only_suits_grid_fusions():
     with pytest.raises(
-        ValueError, match="image_pooling=None \\(a grid\\) only suits cross_attention"
+        ValueError,
+        match=r"image_pooling=None \(a grid\) only suits \['cross_attention', 'film'\]",
     ):
         mmzoo.build_model(fusion="gated", image_pooling=None, **TINY)
 
@@ -114,7 +115,7 @@ def test_text_sizes_are_checked():
 
 
 def test_transformer_width_must_split_into_heads():
-    with pytest.raises(ValueError, match="divisible by `num_heads=3`"):
+    with pytest.raises(ValueError, match="divisible by `text_heads=3`"):
         mmzoo.build_model(**{**TINY, "text_tower": "transformer", "text_heads": 3})
 
 

@@ -1,39 +1,47 @@
-"""Every fusion and the large image towers export to both targets.
+"""Every fusion, every task and the large image towers export to both targets.
 
-Each case builds a tiny untrained model, exports it as a SavedModel (served
-from encoded image files and raw text) and as a float32 TFLite file, and
-checks both against the Keras model. The focused export tests live in
-test_export_saved_model.py and test_export_tflite.py.
+Each case builds a tiny untrained model and runs `harness.run_export_test`:
+a SavedModel served from encoded image files and raw text by a process
+that imports only TensorFlow, and a float32 TFLite file in the LiteRT
+interpreter, both against the Keras model (modality weights included).
+The focused export tests live in test_export_saved_model.py and
+test_export_tflite.py; the trained end-to-end runs in test_training.py.
 """
 
 import data_fixtures
-import numpy as np
 import pytest
-import tensorflow as tf
+from harness import LABEL_NAMES
 from harness import TINY
+from harness import run_export_test
+from harness import task_batch
 
 import mmzoo
-from mmzoo.data import LabelVocabulary
+from mmzoo import registry
 from mmzoo.data import WordTokenizer
-from mmzoo.data.images import load_image
-from mmzoo.export import export_saved_model
-from mmzoo.export import tflite
-from mmzoo.registry import FUSIONS
-from mmzoo.training.runs import Run
+from mmzoo.runs import Run
 
 TEXTS = ["is this a circle", "what colour is the square?", "triangle", ""]
 
-# (image tower, text tower, fusion, TFLite batch size); bilstm converts to
-# builtin ops only with a fixed batch.
-CASES = [("small_cnn", "bow", fusion, None) for fusion in sorted(FUSIONS)] + [
-    ("small_cnn", "transformer", "cross_attention", None),
-    ("small_cnn", "cnn", "concat", None),
-    ("small_cnn", "bilstm", "gated", 1),
-    ("mobilenet_v3_small", "bow", "concat", None),
+# (image tower, text tower, fusion, task, TFLite batch size); bilstm
+# converts to builtin ops only with a fixed batch.
+CASES = [
+    *[("small_cnn", "bow", fusion, "multiclass", None) for fusion in registry.FUSIONS],
+    *[("small_cnn", "bow", "gated", task, None) for task in registry.TASKS],
+    ("small_cnn", "transformer", "cross_attention", "multiclass", None),
+    ("small_cnn", "cnn", "bilinear", "multiclass", None),
+    ("small_cnn", "bilstm", "modality_attention", "multiclass", 1),
+    ("mobilenet_v3_small", "bow", "concat", "multiclass", None),
     pytest.param(
-        "vgg16", "transformer", "cross_attention", None, marks=pytest.mark.slow
+        "vgg16",
+        "transformer",
+        "cross_attention",
+        "multiclass",
+        None,
+        marks=pytest.mark.slow,
     ),
-    pytest.param("resnet50", "bow", "gated", None, marks=pytest.mark.slow),
+    pytest.param(
+        "resnet50", "bow", "gated", "multiclass", None, marks=pytest.mark.slow
+    ),
 ]
 
 
@@ -50,38 +58,21 @@ def images(tmp_path_factory):
     ]
 
 
-@pytest.mark.parametrize("image_tower,text_tower,fusion,batch_size", CASES)
+@pytest.mark.parametrize("image_tower,text_tower,fusion,task,batch_size", CASES)
 def test_exports_match_keras(
-    image_tower, text_tower, fusion, batch_size, images, tmp_path
+    image_tower, text_tower, fusion, task, batch_size, images, tmp_path
 ):
     tokenizer = WordTokenizer.fit(TEXTS, max_tokens=TINY["max_tokens"])
+    _, _, labels, num_classes = task_batch(task)
     model = mmzoo.build_model(
         image_tower=image_tower,
         text_tower=text_tower,
         fusion=fusion,
-        **{**TINY, "num_classes": 3, "vocab_size": tokenizer.vocab_size},
+        task=task,
+        **{**TINY, "num_classes": num_classes, "vocab_size": tokenizer.vocab_size},
     )
-    labels = LabelVocabulary(["circle", "square", "triangle"])
-    run = Run(model, tokenizer, labels, {"task": "multiclass"}, str(tmp_path))
-    contents = [open(path, "rb").read() for path in images]
-    features = {
-        "image": np.stack(
-            [load_image(data, TINY["image_size"]).numpy() for data in contents]
-        ).astype("float32"),
-        "tokens": tokenizer(tf.constant(TEXTS)).numpy(),
-    }
-    expected = model(features, training=False)
-
-    served = tf.saved_model.load(export_saved_model(run, base=tmp_path / "models"))
-    outputs = served.signatures["serving_default"](
-        image_bytes=tf.constant(contents), text=tf.constant(TEXTS)
-    )
-    for name, value in expected.items():
-        difference = np.max(np.abs(outputs[name].numpy() - np.asarray(value)))
-        assert difference <= 1e-5, ("SavedModel", name, difference)
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(tflite.convert(model, "none", batch_size=batch_size))
-    result = tflite.parity(model, path, features)
-    for name, difference in result["max_abs_diff_by_output"].items():
-        assert difference <= 1e-5, ("TFLite", name, result)
+    run = Run(model, tokenizer, labels, {"task": task}, str(tmp_path))
+    served, _ = run_export_test(run, images, TEXTS, tmp_path, batch_size=batch_size)
+    assert ("modality_weights" in served) is model.returns_modality_weights
+    if run.task.classes:
+        assert set(served["top_k_labels"].ravel()) <= set(LABEL_NAMES)

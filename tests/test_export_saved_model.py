@@ -36,9 +36,9 @@ from mmzoo.export import grpc_request
 from mmzoo.export import read_warmup_requests
 from mmzoo.export import rest_request
 from mmzoo.export import write_models_config
+from mmzoo.runs import Run
+from mmzoo.runs import load_run
 from mmzoo.training import trainer
-from mmzoo.training.runs import Run
-from mmzoo.training.runs import load_run
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TEXTS = ["is this a circle", "a square?", "", "Ünïcödé triangle 3"]
@@ -245,7 +245,9 @@ def word_tokenizer():
 def test_fresh_process_matches_keras_model(probe, run, images):
     outputs, audit = probe
     assert audit["importable"] == []
-    expected = keras_outputs(run.model, run.tokenizer, images, TEXTS, 32, "pad")
+    expected = keras_outputs(
+        run.explained_model(), run.tokenizer, images, TEXTS, 32, "pad"
+    )
     assert sorted(outputs) == [
         "modality_weights",
         "probabilities",
@@ -317,7 +319,10 @@ def test_signature_contract(loaded, run, images):
         "tokens": rng.integers(0, run.tokenizer.vocab_size, (3, 8)).astype("int32"),
     }
     result = {k: v.numpy() for k, v in tensors(**features).items()}
-    expected = {k: np.asarray(v) for k, v in run.model(features).items()}
+    expected = {
+        k: np.asarray(v) for k, v in run.explained_model()(features).items()
+    }
+    assert sorted(result) == ["modality_weights", "probabilities"]
     assert sorted(result) == sorted(expected)
     assert max_difference(result, expected, list(expected)) <= 1e-5
 

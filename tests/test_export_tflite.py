@@ -26,8 +26,8 @@ from mmzoo.data import make_dataset
 from mmzoo.data.images import load_image
 from mmzoo.data.manifest import read_manifest
 from mmzoo.export import tflite
+from mmzoo.runs import load_run
 from mmzoo.training import train
-from mmzoo.training.runs import load_run
 
 ROWS = 100  # 99% top-1 agreement then tolerates one flip in 100
 # Upper bounds on max |tflite - keras| over the probabilities.
@@ -193,54 +193,14 @@ def test_app_path_from_raw_image_and_text(trained, exports):
         )
 
 
-# Fusion families on the float32 path; `bilstm` needs a fixed batch size.
-FUSIONS = [
-    ("small_cnn", "bow", "gated", None),
-    ("small_cnn", "transformer", "cross_attention", None),
-    ("small_cnn", "bow", "late", None),
-    ("small_cnn", "bow", "weighted_sum", None),
-    ("small_cnn", "cnn", "bilinear", None),
-    ("small_cnn", "bilstm", "modality_attention", 1),
-]
-
-
-@pytest.mark.parametrize("image_tower,text_tower,fusion,batch_size", FUSIONS)
-def test_fusions_float32_parity(
-    trained, samples, tmp_path, image_tower, text_tower, fusion, batch_size
-):
-    model = mmzoo.build_model(
-        image_tower=image_tower,
-        text_tower=text_tower,
-        fusion=fusion,
-        **{**TINY, "vocab_size": trained[0].tokenizer.vocab_size},
-    )
-    path = tmp_path / "model.tflite"
-    path.write_bytes(tflite.convert(model, "none", batch_size=batch_size))
-    features, _ = samples[0]
-    result = tflite.parity(model, path, features)
-    assert result["examples"] == len(features["tokens"])
-    assert result["max_abs_diff"] <= 1e-5, result
-    for name, diff in result["max_abs_diff_by_output"].items():
-        assert diff <= 1e-5, (name, result)
+# Every fusion, task and several towers on the float32 path, against Keras:
+# test_export_coverage.py.
 
 
 def test_recurrent_tower_asks_for_a_fixed_batch():
     model = mmzoo.build_model(text_tower="bilstm", **TINY)
     with pytest.raises(tflite.ExportError, match="pass `batch_size=1`"):
         tflite.convert(model)
-
-
-def test_mobilenet_v3_small_float32_parity(trained, samples, tmp_path):
-    model = mmzoo.build_model(
-        image_tower="mobilenet_v3_small",
-        image_weights=None,
-        **{**TINY, "vocab_size": trained[0].tokenizer.vocab_size},
-    )
-    path = tmp_path / "model.tflite"
-    path.write_bytes(tflite.convert(model))
-    result = tflite.parity(model, path, samples[:1])
-    assert result["max_abs_diff"] <= 1e-5, result
-    assert result["top1_agreement"] == 1.0
 
 
 def test_invalid_choices_are_refused():

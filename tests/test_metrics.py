@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmzoo.training.metrics import classification_metrics
-from mmzoo.training.metrics import format_metrics
-from mmzoo.training.metrics import regression_metrics
+from mmzoo.metrics import classification_metrics
+from mmzoo.metrics import format_metrics
+from mmzoo.metrics import regression_metrics
 from mmzoo.training.plots import plot_confusion_matrix
 from mmzoo.training.plots import plot_history
 

@@ -48,12 +48,15 @@ import numpy as np
 import tensorflow as tf
 
 import mmzoo
+from mmzoo.builder import explained_model
+from mmzoo.checks import check_choice
 from mmzoo.data import images as image_lib
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.export import serving
-from mmzoo.registry import TASKS
-from mmzoo.registry import check_choice
+from mmzoo.runs import Run
+from mmzoo.runs import load_run
+from mmzoo.tasks import get_task
 
 SERVING_SIGNATURE = serving.SIGNATURE_NAME
 TENSORS_SIGNATURE = "predict_tensors"
@@ -310,21 +313,9 @@ class _ServingFunctions:
         else:
             features[self.text_input] = text
         outputs = self._run_model(features)
-        if self.task == "regression":
-            results = {"predictions": outputs["predictions"]}
-        else:
-            probabilities = outputs["probabilities"]
-            scores = probabilities
-            if self.task == "binary":
-                # One sigmoid unit: the probability of the second label.
-                scores = tf.concat([1.0 - probabilities, probabilities], axis=1)
-            k = min(self.top_k, len(self.label_names))
-            top_scores, top_indices = tf.math.top_k(scores, k=k)
-            results = {
-                "probabilities": probabilities,
-                "top_k_labels": tf.gather(tf.constant(self.label_names), top_indices),
-                "top_k_scores": top_scores,
-            }
+        results = self.task.serving_outputs(
+            outputs[self.task.output_name], self.label_names, self.top_k
+        )
         if "modality_weights" in outputs:
             results["modality_weights"] = outputs["modality_weights"]
         return results
@@ -338,7 +329,6 @@ class _ServingFunctions:
 
 def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
     check_choice("resize", resize, image_lib.RESIZE_MODES)
-    check_choice("task", task, TASKS)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
     inputs = set(model.input) if isinstance(model.input, dict) else None
@@ -363,22 +353,22 @@ def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
                 f"The tokenizer makes {tokenizer.max_tokens} tokens per text but "
                 f"the model's `tokens` input takes {length}."
             )
-    output = "predictions" if task == "regression" else "probabilities"
+    output = task.output_name
     if output not in model.output:
         raise ValueError(
-            f"A {task} model has a `{output}` output. Received: outputs "
+            f"A {task.name} model has a `{output}` output. Received: outputs "
             f"{sorted(model.output)}"
         )
-    if task == "regression":
+    if not task.classes:
         return None
     if labels is None:
-        raise ValueError(f"A {task} model needs `labels`, its class names.")
+        raise ValueError(f"A {task.name} model needs `labels`, its class names.")
     names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
-    width = model.output["probabilities"].shape[-1]
-    expected = 2 if task == "binary" else width
+    width = model.output[output].shape[-1]
+    expected = task.num_labels(width)
     if len(names) != expected:
         raise ValueError(
-            f"The model has {width} output units, so a {task} task needs "
+            f"The model has {width} output units, so a {task.name} task needs "
             f"{expected} labels. Received: {len(names)} labels"
         )
     return names
@@ -409,7 +399,7 @@ def build_serving_module(
             order (`None` for regression).
         image_size: the model's input size in pixels.
         resize: `"stretch"` or `"pad"`, as the run was trained with.
-        task: `"multiclass"`, `"multilabel"`, `"binary"` or `"regression"`.
+        task: a task name (`mmzoo.list_tasks()`) or `mmzoo.tasks.Task`.
         top_k: the number of labels `serving_default` returns (at most the
             number of classes).
 
@@ -427,9 +417,13 @@ def build_serving_module(
     ...     image_bytes=tf.constant([jpeg_bytes]), text=tf.constant(["a cat"])
     ... )["top_k_labels"]
     """
+    task = get_task(task)
     label_names = _check_arguments(
         model, tokenizer, labels, image_size, resize, task, top_k
     )
+    # Both signatures return the modality weights of fusions that compute
+    # them, from a model sharing the trained one's layers.
+    model = explained_model(model)
     functions = _ServingFunctions(
         model, tokenizer, label_names, image_size, resize, task, top_k
     )
@@ -553,14 +547,14 @@ def _model_card(run, signatures, name, version, top_k, label_names, records):
             timespec="seconds"
         ),
         "source_run": os.path.abspath(run.directory) if run.directory else None,
-        "task": run.task,
+        "task": run.task.name,
         "architecture": {
             key: run.config[key]
             for key in ("image_tower", "text_tower", "fusion")
             if key in run.config
         },
         "image_size": run.image_size,
-        "resize": run.config.get("resize", "stretch"),
+        "resize": run.resize,
         "top_k": top_k,
         "signatures": signatures,
         "labels": label_names,
@@ -724,7 +718,7 @@ def export_saved_model(
     `<base>/models.config` is rewritten to list every model in `base`.
 
     Args:
-        run: a `mmzoo.training.runs.Run` or the path of a run folder.
+        run: a `mmzoo.runs.Run` or the path of a run folder.
         base: the model base folder (TF Serving's `/models`).
         name: the model's name in TF Serving; defaults to the run folder's
             name.
@@ -747,9 +741,6 @@ def export_saved_model(
     >>> export_saved_model("runs/gated", top_k=3)
     'savedmodels/gated/2'
     """
-    from mmzoo.training.runs import Run
-    from mmzoo.training.runs import load_run
-
     if not isinstance(run, Run):
         run = load_run(run)
     name = _default_name(run) if name is None else name
@@ -777,11 +768,11 @@ def export_saved_model(
         run.tokenizer,
         run.labels,
         run.image_size,
-        resize=run.config.get("resize", "stretch"),
+        resize=run.resize,
         task=run.task,
         top_k=top_k,
     )
-    label_names = None if run.task == "regression" else list(run.labels.names)
+    label_names = list(run.labels.names) if run.task.classes else None
     # A dot-folder: TF Serving only loads numeric version folders. (Not
     # `tempfile.mkdtemp`, whose mode 0700 would stay with the version.)
     staging = os.path.join(model_folder, f".export-{uuid.uuid4().hex}")

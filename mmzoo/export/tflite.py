@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from mmzoo.registry import check_choice
+from mmzoo.checks import check_choice
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -352,8 +352,8 @@ def _check_signature(content, model):
 
 
 def _as_run(run):
-    from mmzoo.training.runs import Run
-    from mmzoo.training.runs import load_run
+    from mmzoo.runs import Run
+    from mmzoo.runs import load_run
 
     return run if isinstance(run, Run) else load_run(run)
 
@@ -446,8 +446,8 @@ def calibration_examples(run, representative=None, num_calibration=200, seed=0):
             batch_size=1,
             training=False,
             labels=run.labels,
-            task=run.task,
-            resize=run.config.get("resize", "stretch"),
+            task=run.task.name,
+            resize=run.resize,
             # Calibration only needs examples: bad rows are skipped, not fatal.
             max_bad_fraction=1.0,
             unknown_labels="skip",
@@ -484,7 +484,7 @@ def export_tflite(
     decoding: the file holds TFLite builtin ops only, which is checked.
 
     Args:
-        run: a `Run` (`mmzoo.training.runs.load_run`) or a run folder.
+        run: a `Run` (`mmzoo.runs.load_run`) or a run folder.
         path: the `.tflite` file to write; its folder receives
             `labels.txt`, `vocabulary.txt`, `tokenizer.json`,
             `pure_python_tokenizer.py` and `<name>.json`.
@@ -527,11 +527,13 @@ def export_tflite(
                 calibrated.append(1)
                 yield example
 
-    content = convert(run.model, quantize, representative_dataset, batch_size)
+    # The file returns the modality weights of fusions that compute them.
+    model = run.explained_model()
+    content = convert(model, quantize, representative_dataset, batch_size)
     if quantize == "none":
         float32_bytes = len(content)
     else:
-        float32_bytes = len(convert(run.model, "none", batch_size=batch_size))
+        float32_bytes = len(convert(model, "none", batch_size=batch_size))
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -601,10 +603,10 @@ def _write_companions(run, path, content, quantize, batch_size):
         "signature": SIGNATURE_KEY,
         "inputs": signature["inputs"],
         "outputs": signature["outputs"],
-        "task": run.task,
+        "task": run.task.name,
         "labels": LABELS_FILE if run.labels is not None else None,
         "image_size": run.image_size,
-        "resize": run.config.get("resize", "stretch"),
+        "resize": run.resize,
         "quantize": quantize,
         "batch_size": batch_size,
         "preprocessing": {
@@ -649,7 +651,8 @@ def parity(run_or_model, tflite_path, features):
     app runs it.
 
     Args:
-        run_or_model: a `Run` or a Keras model.
+        run_or_model: a `Run` or a zoo model (its outputs, with the
+            modality weights of fusions that compute them, are compared).
         tflite_path: the `.tflite` file.
         features: an input dict of arrays (one batch), or an iterable of
             batches: `(features, label)` pairs or feature dicts (e.g. a
@@ -659,8 +662,9 @@ def parity(run_or_model, tflite_path, features):
         A dict: `examples`, `output` (the compared output, "probabilities"
         or "predictions"), `max_abs_diff` (over that output),
         `cosine_similarity` (mean over examples), `top1_agreement` (the
-        fraction of examples with the same arg-max; for one sigmoid unit,
-        the same side of 0.5; `None` for regression) and
+        fraction of examples answered alike, `Task.agreement`: the same
+        arg-max; for one sigmoid unit, the same side of 0.5; for
+        multilabel, the same label set at 0.5; `None` for regression) and
         `max_abs_diff_by_output` (every output).
 
     Example:
@@ -670,16 +674,25 @@ def parity(run_or_model, tflite_path, features):
     >>> parity(run, "app/model.tflite", dataset)["top1_agreement"]
     1.0
     """
-    model = getattr(run_or_model, "model", run_or_model)
+    from mmzoo.builder import explained_model
+    from mmzoo.tasks import get_task
+
+    if hasattr(run_or_model, "task") and hasattr(run_or_model, "model"):
+        task, model = run_or_model.task, run_or_model.model
+    else:
+        model = run_or_model
+        task = getattr(model, "task", None) or get_task("multiclass")
     runner = _interpreter(model_path=os.fspath(tflite_path)).get_signature_runner(
         SIGNATURE_KEY
     )
+    if "modality_weights" in runner.get_output_details():
+        model = explained_model(model)
     input_details = runner.get_input_details()
     fixed_batch = {
         int(detail["shape_signature"][0]) for detail in input_details.values()
     } - {-1}
     step = fixed_batch.pop() if fixed_batch else None
-    main = "predictions" if "predictions" in model.output else "probabilities"
+    main = task.output_name
     got, want = {}, {}
     for batch in _feature_batches(features):
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -707,12 +720,7 @@ def parity(run_or_model, tflite_path, features):
         for name in want
     }
     tflite, keras_values = got[main], want[main]
-    if main == "predictions":
-        agreement = None
-    elif keras_values.shape[-1] == 1:
-        agreement = float(np.mean((tflite[:, 0] > 0.5) == (keras_values[:, 0] > 0.5)))
-    else:
-        agreement = float(np.mean(tflite.argmax(-1) == keras_values.argmax(-1)))
+    agreement = task.agreement(tflite, keras_values)
     return {
         "examples": len(keras_values),
         "output": main,

@@ -7,11 +7,14 @@ class Fusion(keras.layers.Layer):
     """Base class: a list of modality features in, fused features out.
 
     Subclasses set `input_rank` (2 for pooled `(batch, D)` features, 3 for
-    `(batch, steps, D)` sequences) and `min_modalities`, implement
-    `build_fusion(input_shapes)` and `call(inputs, masks=None,
-    training=None)`. A fusion whose `returns_weights` is true returns
-    `(fused, modality_weights)`, the weights being `(batch, modalities)` in
-    input order.
+    `(batch, steps, D)` sequences, or a tuple with one rank per modality)
+    and `min_modalities`, implement `build_fusion(input_shapes)` and
+    `call(inputs, masks=None, training=None)`. A fusion whose
+    `returns_weights` is true returns `(fused, modality_weights)`, the
+    weights being `(batch, modalities)` in input order.
+
+    To add a fusion to the zoo, subclass this in a module of its own and
+    register it in `mmzoo.registry.FUSIONS` (see the README).
     """
 
     input_rank = 2
@@ -43,15 +46,14 @@ class Fusion(keras.layers.Layer):
                 f"modalities, given as a list. Received: {count} input(s) "
                 f"with shapes {shapes}"
             )
-        for index, shape in enumerate(shapes):
-            if len(shape) != self.input_rank:
-                kind = (
-                    "(batch, features)"
-                    if self.input_rank == 2
-                    else "(batch, steps, features)"
-                )
+        same_rank = isinstance(self.input_rank, int)
+        ranks = (self.input_rank,) * count if same_rank else self.input_rank
+        for index, (shape, rank) in enumerate(zip(shapes, ranks)):
+            if len(shape) != rank:
+                kind = "(batch, features)" if rank == 2 else "(batch, steps, features)"
+                which = "every modality" if same_rank else f"modality {index}"
                 raise ValueError(
-                    f"{name} expects every modality as {kind}. Received: "
+                    f"{name} expects {which} as {kind}. Received: "
                     f"input {index} of shape {shape}"
                 )
         self.build_fusion(shapes)

@@ -37,7 +37,7 @@ class CrossAttentionFusion(Fusion):
     input_rank = 3
     max_modalities = 2
 
-    def __init__(self, units=128, num_heads=4, num_layers=1, dropout=0.1, **kwargs):
+    def __init__(self, units=256, num_heads=4, num_layers=1, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         if units % num_heads:
             raise ValueError(

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from mmzoo.checks import check_choice
 from mmzoo.fusion.base import Fusion
-from mmzoo.registry import check_choice
 
 COMBINES = ("average", "learned", "stacking")
 
@@ -24,11 +24,12 @@ class LateFusion(Fusion):
             returned as modality weights) or `"stacking"` (a Dense layer over
             the concatenated per-modality logits).
         units: width of each head's hidden layer; `None` for none.
-        dropout: dropout before each head's output layer.
+            Default 256.
+        dropout: dropout before each head's output layer. Default 0.1.
     """
 
     def __init__(
-        self, num_outputs, combine="average", units=None, dropout=0.0, **kwargs
+        self, num_outputs, combine="average", units=256, dropout=0.1, **kwargs
     ):
         super().__init__(**kwargs)
         check_choice("combine", combine, COMBINES)

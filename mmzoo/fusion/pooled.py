@@ -26,7 +26,8 @@ class ConcatFusion(Fusion):
     """Early fusion: concatenate the modalities, optionally project.
 
     Args:
-        units: if set, a Dense projection of the concatenation to `units`.
+        units: width of a Dense projection of the concatenation; `None`
+            for the concatenation itself. Default 256.
         activation: the projection's activation.
 
     Example:
@@ -37,7 +38,7 @@ class ConcatFusion(Fusion):
     (2, 32)
     """
 
-    def __init__(self, units=None, activation="relu", **kwargs):
+    def __init__(self, units=256, activation="relu", **kwargs):
         super().__init__(**kwargs)
         self.units = units
         self.activation = activation

@@ -4,24 +4,9 @@ import os
 
 import keras
 
+from mmzoo import registry
+from mmzoo.checks import check_choice
 from mmzoo.layers import ImagePreprocessing
-from mmzoo.registry import IMAGE_TOWERS
-from mmzoo.registry import check_choice
-
-# name -> (keras.applications constructor, preprocessing mode). `None` means
-# the application already rescales raw pixels inside its own graph
-# (MobileNetV3's and EfficientNet's `include_preprocessing`).
-APPLICATIONS = {
-    "vgg16": ("VGG16", "caffe"),
-    "vgg19": ("VGG19", "caffe"),
-    "resnet50": ("ResNet50", "caffe"),
-    "resnet101": ("ResNet101", "caffe"),
-    "resnet152": ("ResNet152", "caffe"),
-    "resnet50v2": ("ResNet50V2", "tf"),
-    "mobilenet_v3_small": ("MobileNetV3Small", None),
-    "mobilenet_v3_large": ("MobileNetV3Large", None),
-    "efficientnet_b0": ("EfficientNetB0", None),
-}
 
 POOLINGS = ("avg", "max", None)
 MIN_IMAGE_SIZE = 32
@@ -60,7 +45,7 @@ def build_image_tower(
     >>> tower.output.shape
     (None, 128)
     """
-    check_choice("image_tower", name, IMAGE_TOWERS)
+    spec = registry.image_tower(name)
     check_choice("image_pooling", pooling, POOLINGS)
     check_image_size(image_size)
     if weights is not None and weights != "imagenet":
@@ -79,15 +64,14 @@ def build_image_tower(
         )
 
     image = keras.Input((image_size, image_size, 3), name="image")
-    if name == "small_cnn":
-        backbone = _small_cnn(image_size, filters, weights)
+    if spec.application is None:
+        backbone = registry.resolve(spec.backbone)(image_size, filters, weights)
         x = backbone(image)
     else:
-        constructor, mode = APPLICATIONS[name]
         x = image
-        if mode is not None:
-            x = ImagePreprocessing(mode, name="preprocessing")(x)
-        backbone = getattr(keras.applications, constructor)(
+        if spec.preprocessing is not None:
+            x = ImagePreprocessing(spec.preprocessing, name="preprocessing")(x)
+        backbone = getattr(keras.applications, spec.application)(
             include_top=False,
             weights=weights,
             input_shape=(image_size, image_size, 3),
@@ -112,7 +96,9 @@ def check_image_size(image_size):
         )
 
 
-def _small_cnn(image_size, filters, weights):
+def small_cnn(image_size, filters=(32, 64, 128), weights=None):
+    """The `small_cnn` backbone: conv / batch-norm / ReLU / 2x2 max-pool
+    blocks of `filters` channels each, on pixels rescaled to [0, 1]."""
     if weights == "imagenet":
         raise ValueError(
             "`small_cnn` has no pretrained weights: use image_weights=None or "

@@ -27,7 +27,7 @@ _BERT_FAMILY = (
 _PROBE_TEXTS = ("a short probe sentence", "")
 
 
-def bert_tower(preset):
+def bert_tower(preset, trainable=True):
     """A pretrained BERT-family encoder from a keras-hub preset.
 
     The encoder is keras-hub's own backbone (`keras_hub.models.Backbone`),
@@ -42,6 +42,7 @@ def bert_tower(preset):
             network is reachable, a handle such as `"bert_tiny_en_uncased"`
             or `"hf://..."`. It must hold a BERT, DistilBERT, ALBERT or
             ELECTRA backbone: their vocabularies pad with id 0.
+        trainable: `False` freezes the encoder.
 
     Returns:
         A functional `keras.Model` named `"text_tower"` with input `tokens`
@@ -83,9 +84,11 @@ def bert_tower(preset):
         inputs["segment_ids"] = ops.zeros_like(tokens)
     sequence = encoder(inputs)
     pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
-    return keras.Model(
+    tower = keras.Model(
         tokens, {"sequence": sequence, "pooled": pooled}, name="text_tower"
     )
+    tower.trainable = trainable
+    return tower
 
 
 def _load_backbone(preset):
@@ -146,11 +149,11 @@ def _load_backbone(preset):
     return backbone
 
 
-def hub_tower(handle, trainable=True):
+def hub_tower(hub_handle, trainable=True):
     """A TF-Hub text-embedding module as a text tower: strings in, vectors out.
 
     Args:
-        handle: a TF-Hub module handle (URL) or the path of a local
+        hub_handle: a TF-Hub module handle (URL) or the path of a local
             SavedModel whose call maps a batch of strings `(batch,)` to
             vectors `(batch, D)`.
         trainable: whether the module's trainable variables are fine-tuned.
@@ -165,7 +168,7 @@ def hub_tower(handle, trainable=True):
     >>> tower(tf.constant(["a photo of a cat"]))["pooled"].shape
     TensorShape([1, 50])
     """
-    layer = HubTextEmbedding(handle, trainable=trainable, name="hub_embedding")
+    layer = HubTextEmbedding(hub_handle, trainable=trainable, name="hub_embedding")
     text = keras.Input((), dtype="string", name="text")
     return keras.Model(text, {"pooled": layer(text)}, name="text_tower")
 

@@ -5,13 +5,12 @@ bilstm, transformer. Pretrained encoders live in `mmzoo.towers.pretrained`.
 import keras
 import numpy as np
 
+from mmzoo import registry
 from mmzoo.layers import MaskedPooling
 from mmzoo.layers import PaddingMask
 from mmzoo.layers import PositionEmbedding
 from mmzoo.layers import TransformerEncoder
 from mmzoo.layers import ZeroMasked
-from mmzoo.registry import TEXT_TOWERS
-from mmzoo.registry import check_choice
 from mmzoo.towers.glove import glove_embedding_matrix
 
 
@@ -33,6 +32,9 @@ def build_text_tower(
     trainable=True,
 ):
     """Build a text tower: token ids in, a sequence and a pooled vector out.
+
+    The tower's builder is the one `mmzoo.registry.TEXT_TOWERS[name]` names;
+    it receives the arguments below that it takes (its spec's `arguments`).
 
     Args:
         name: one of `mmzoo.list_text_towers()`.
@@ -68,24 +70,133 @@ def build_text_tower(
     >>> tower.output["pooled"].shape
     (None, 128)
     """
-    check_choice("text_tower", name, TEXT_TOWERS)
-    if name in ("bert", "hub"):
-        from mmzoo.towers import pretrained
+    spec = registry.text_tower(name)
+    given = dict(
+        vocab_size=vocab_size,
+        max_tokens=max_tokens,
+        embedding_dim=embedding_dim,
+        units=units,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        dropout=dropout,
+        kernel_sizes=kernel_sizes,
+        embeddings=embeddings,
+        vocabulary=vocabulary,
+        trainable_embeddings=trainable_embeddings,
+        preset=preset,
+        hub_handle=hub_handle,
+        trainable=trainable,
+    )
+    builder = registry.resolve(spec.build)
+    return builder(**{key: given[key] for key in spec.arguments})
 
-        if name == "bert":
-            tower = pretrained.bert_tower(preset)
-        else:
-            tower = pretrained.hub_tower(hub_handle, trainable)
-        tower.trainable = trainable
-        return tower
 
-    _check_positive(vocab_size=vocab_size, max_tokens=max_tokens, units=units)
+def bow_tower(
+    vocab_size=20000,
+    embedding_dim=128,
+    embeddings=None,
+    vocabulary=None,
+    trainable_embeddings=True,
+    trainable=True,
+):
+    """Bag of words: token embeddings and their masked mean."""
+    tokens, mask, x = _embedded_tokens(
+        vocab_size, embedding_dim, embeddings, vocabulary, trainable_embeddings
+    )
+    pooled = MaskedPooling("mean", name="pool")(x, mask=mask)
+    return _tower(tokens, x, pooled, trainable)
+
+
+def cnn_tower(
+    vocab_size=20000,
+    embedding_dim=128,
+    units=128,
+    kernel_sizes=(3, 4, 5),
+    dropout=0.1,
+    embeddings=None,
+    vocabulary=None,
+    trainable_embeddings=True,
+    trainable=True,
+):
+    """Parallel n-gram convolutions with masked max-over-time (Kim, 2014)."""
+    _check_positive(units=units)
+    tokens, mask, x = _embedded_tokens(
+        vocab_size, embedding_dim, embeddings, vocabulary, trainable_embeddings
+    )
+    sequence, pooled = _kim_cnn(x, mask, units, kernel_sizes, dropout)
+    return _tower(tokens, sequence, pooled, trainable)
+
+
+def bilstm_tower(
+    vocab_size=20000,
+    embedding_dim=128,
+    units=128,
+    dropout=0.1,
+    embeddings=None,
+    vocabulary=None,
+    trainable_embeddings=True,
+    trainable=True,
+):
+    """A bidirectional LSTM over the embeddings, masked mean of its steps."""
+    _check_positive(units=units)
+    tokens, mask, x = _embedded_tokens(
+        vocab_size, embedding_dim, embeddings, vocabulary, trainable_embeddings
+    )
+    sequence = keras.layers.Bidirectional(
+        keras.layers.LSTM(units, return_sequences=True, dropout=dropout),
+        name="bilstm",
+    )(x, mask=mask)
+    pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
+    return _tower(tokens, sequence, pooled, trainable)
+
+
+def transformer_tower(
+    vocab_size=20000,
+    max_tokens=64,
+    embedding_dim=128,
+    units=128,
+    num_layers=2,
+    num_heads=4,
+    dropout=0.1,
+    embeddings=None,
+    vocabulary=None,
+    trainable_embeddings=True,
+    trainable=True,
+):
+    """Position embedding + `num_layers` masked transformer encoder blocks."""
+    _check_positive(max_tokens=max_tokens, units=units)
+    tokens, mask, x = _embedded_tokens(
+        vocab_size, embedding_dim, embeddings, vocabulary, trainable_embeddings
+    )
+    sequence = x
+    if x.shape[-1] != units:
+        sequence = keras.layers.Dense(units, name="embedding_projection")(sequence)
+    sequence = PositionEmbedding(max_tokens, name="position_embedding")(sequence)
+    sequence = keras.layers.Dropout(dropout, name="embedding_dropout")(sequence)
+    for index in range(num_layers):
+        sequence = TransformerEncoder(
+            num_heads,
+            intermediate_dim=2 * units,
+            dropout=dropout,
+            name=f"encoder_{index}",
+        )(sequence, mask=mask)
+    sequence = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(
+        sequence
+    )
+    pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
+    return _tower(tokens, sequence, pooled, trainable)
+
+
+def _embedded_tokens(
+    vocab_size, embedding_dim, embeddings, vocabulary, trainable_embeddings
+):
+    """The `tokens` input, its padding mask and its (GloVe) embeddings."""
+    _check_positive(vocab_size=vocab_size)
     matrix = None
     if embeddings is not None:
         matrix = glove_embedding_matrix(embeddings, vocabulary, vocab_size)
         embedding_dim = matrix.shape[1]
     _check_positive(embedding_dim=embedding_dim)
-
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     mask = PaddingMask(name="padding_mask")(tokens)
     embedding = keras.layers.Embedding(
@@ -97,36 +208,10 @@ def build_text_tower(
     x = embedding(tokens)
     if matrix is not None:
         embedding.set_weights([matrix])
+    return tokens, mask, x
 
-    if name == "bow":
-        sequence = x
-        pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
-    elif name == "cnn":
-        sequence, pooled = _kim_cnn(x, mask, units, kernel_sizes, dropout)
-    elif name == "bilstm":
-        sequence = keras.layers.Bidirectional(
-            keras.layers.LSTM(units, return_sequences=True, dropout=dropout),
-            name="bilstm",
-        )(x, mask=mask)
-        pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
-    else:
-        sequence = x
-        if embedding_dim != units:
-            sequence = keras.layers.Dense(units, name="embedding_projection")(sequence)
-        sequence = PositionEmbedding(max_tokens, name="position_embedding")(sequence)
-        sequence = keras.layers.Dropout(dropout, name="embedding_dropout")(sequence)
-        for index in range(num_layers):
-            sequence = TransformerEncoder(
-                num_heads,
-                intermediate_dim=2 * units,
-                dropout=dropout,
-                name=f"encoder_{index}",
-            )(sequence, mask=mask)
-        sequence = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(
-            sequence
-        )
-        pooled = MaskedPooling("mean", name="pool")(sequence, mask=mask)
 
+def _tower(tokens, sequence, pooled, trainable):
     tower = keras.Model(
         tokens, {"sequence": sequence, "pooled": pooled}, name="text_tower"
     )
@@ -135,7 +220,6 @@ def build_text_tower(
 
 
 def _kim_cnn(x, mask, units, kernel_sizes, dropout):
-    """Parallel n-gram convolutions with masked max-over-time (Kim, 2014)."""
     if not kernel_sizes:
         raise ValueError(
             "`text_kernel_sizes` must name at least one n-gram width. "

@@ -1,5 +1,7 @@
-"""Training, evaluation and prediction: what `mmzoo train/evaluate/predict`
-and `mmzoo demo` run.
+"""Training and evaluation: what `mmzoo train` and `mmzoo evaluate` run.
+
+The trained artefact they write and read, a run folder, is `mmzoo.runs`
+(also exported here); the metrics are `mmzoo.metrics`.
 
 Names are imported on first use (they import TensorFlow).
 """
@@ -9,12 +11,12 @@ from mmzoo._lazy import lazy_exports
 _EXPORTS = {
     "train": "trainer",
     "evaluate": "evaluation",
-    "load_run": "runs",
-    "predict": "runs",
-    "Run": "runs",
-    "run_demo": "demo",
-    "classification_metrics": "metrics",
-    "regression_metrics": "metrics",
+    "evaluate_dataset": "evaluation",
+    "load_run": "mmzoo.runs",
+    "predict": "mmzoo.runs",
+    "Run": "mmzoo.runs",
+    "classification_metrics": "mmzoo.metrics",
+    "regression_metrics": "mmzoo.metrics",
     "make_strategy": "distributed",
     "custom_fit": "distributed",
 }

@@ -11,11 +11,11 @@ import os
 
 import yaml
 
+from mmzoo.checks import check_choice
 from mmzoo.registry import FUSIONS
 from mmzoo.registry import IMAGE_TOWERS
 from mmzoo.registry import TASKS
 from mmzoo.registry import TEXT_TOWERS
-from mmzoo.registry import check_choice
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from mmzoo.registry import check_choice
+from mmzoo.checks import check_choice
 from mmzoo.training.config import STRATEGIES
 
 _TF_CONFIG_EXAMPLE = (
@@ -239,15 +239,68 @@ def custom_fit(
     _check_arguments(epochs, global_batch_size, initial_epoch, steps_per_epoch)
     _check_model(model, strategy)
     losses = _compiled_losses(model)
-    optimizer = model.optimizer
-    if not optimizer.built:
+    if not model.optimizer.built:
         # Optimizer variables created inside `strategy.run` would be
         # per-replica; create them mirrored, as `fit` does.
         with strategy.scope():
-            optimizer.build(model.trainable_variables)
+            model.optimizer.build(model.trainable_variables)
+    replica_step = _replica_step(model, losses, global_batch_size, strategy)
+    average_replica_copies = _replica_copies_averager(model, strategy)
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+
+    # The signature, with its unknown batch size, keeps a last partial batch
+    # from tracing the step a second time.
+    @tf.function(input_signature=(dataset.element_spec,))
+    def train_step(batch):
+        features, labels = batch
+        results = strategy.run(replica_step, args=(features, labels))
+        # Each replica's loss is its share of the global mean: their sum is
+        # the step's loss. Counts and correct answers add up too.
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, results, None)
+
+    # In the order replica_step stacks the correct answers.
+    names = [_accuracy_key(name, losses) for name, _, a, _ in losses if a]
+    history = {"loss": [], **{key: [] for key in names}}
+    iterator = iter(dataset) if steps_per_epoch else None
+    chief = _is_chief(strategy)
+    for epoch in range(initial_epoch, epochs):
+        batches = (
+            itertools.islice(iterator, steps_per_epoch)
+            if steps_per_epoch
+            else iter(dataset)
+        )
+        logs, steps = _run_epoch(train_step, batches, names)
+        if steps == 0:
+            raise ValueError(
+                f"dataset_fn gave no batches in epoch {epoch + 1}. With "
+                "`steps_per_epoch`, the dataset must repeat (`.repeat()`) to "
+                "last that many steps per epoch."
+            )
+        if average_replica_copies is not None:
+            average_replica_copies()
+        for key, value in logs.items():
+            history[key].append(value)
+        if verbose and chief:
+            metrics = " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+            print(
+                f"Epoch {epoch + 1}/{epochs} - {steps} steps - {metrics}",
+                flush=True,
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, logs)
+    return history
+
+
+def _replica_step(model, losses, global_batch_size, strategy):
+    """The per-replica training step: its loss, example count and accuracies.
+
+    Returns a function of `(features, labels)` for `strategy.run`, giving
+    `[loss, examples, correct answers per accuracy...]` stacked in one
+    vector, so that one all-reduce sums them over the replicas.
+    """
+    optimizer = model.optimizer
     replicas = strategy.num_replicas_in_sync
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    chief = _is_chief(strategy)
     batch_norm = _has_batch_norm(model)
 
     def replica_step(features, labels):
@@ -262,37 +315,7 @@ def custom_fit(
             tf.stack([count, tf.cast(tf.equal(count, 0.0), tf.float32)]),
         )
         step_count = tf.cast(totals[0], tf.int32)
-        # Every replica sees the same totals, so every replica fails the same
-        # check: none is left waiting on a collective for the others.
-        checks = [
-            tf.debugging.assert_less_equal(
-                step_count,
-                global_batch_size,
-                message=(
-                    "A step saw more examples than `global_batch_size`: "
-                    "dataset_fn must batch "
-                    "input_context.get_per_replica_batch_size(global_batch_size)"
-                    " examples per replica"
-                ),
-            )
-        ]
-        if batch_norm:
-            checks.append(
-                tf.debugging.assert_equal(
-                    totals[1],
-                    0.0,
-                    message=(
-                        "A replica got an empty batch: its data ran out before "
-                        "the other replicas' (uneven shards, or a number of "
-                        "batches the replicas cannot share evenly), and "
-                        "BatchNormalization cannot normalise zero examples. "
-                        "Repeat the dataset in dataset_fn and pass "
-                        "steps_per_epoch, or give every replica as many "
-                        "batches (drop_remainder=True, and rows that divide "
-                        "evenly)"
-                    ),
-                )
-            )
+        checks = _step_checks(step_count, totals[1], global_batch_size, batch_norm)
         with tf.control_dependencies(checks), tf.GradientTape() as tape:
             outputs = model(features, training=True)
             loss = tf.constant(0.0)
@@ -317,88 +340,100 @@ def custom_fit(
         gradients = tape.gradient(scaled, variables)
         if loss_scaled:
             gradients = _agree_on_overflow(context, gradients)
-        optimizer.apply_gradients(zip(gradients, variables))
-        # One vector, so that one all-reduce sums them over the replicas.
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return tf.stack([loss, count, *correct])
 
-    # Keras 3 keeps a separate copy per replica of a variable with no
-    # aggregation, such as BatchNormalization's moving mean and variance,
-    # each updated from its own replica's batches: left alone, the workers'
-    # models would differ. tf.keras averaged such statistics over the
-    # replicas when reading them; here they are averaged once an epoch.
-    replica_copies = [
+    return replica_step
+
+
+def _step_checks(step_count, empty_replicas, global_batch_size, batch_norm):
+    """Assertions every replica runs on the same all-reduced totals.
+
+    Every replica sees the same totals, so every replica fails the same
+    check: none is left waiting on a collective for the others.
+    """
+    checks = [
+        tf.debugging.assert_less_equal(
+            step_count,
+            global_batch_size,
+            message=(
+                "A step saw more examples than `global_batch_size`: "
+                "dataset_fn must batch "
+                "input_context.get_per_replica_batch_size(global_batch_size)"
+                " examples per replica"
+            ),
+        )
+    ]
+    if batch_norm:
+        checks.append(
+            tf.debugging.assert_equal(
+                empty_replicas,
+                0.0,
+                message=(
+                    "A replica got an empty batch: its data ran out before "
+                    "the other replicas' (uneven shards, or a number of "
+                    "batches the replicas cannot share evenly), and "
+                    "BatchNormalization cannot normalise zero examples. "
+                    "Repeat the dataset in dataset_fn and pass "
+                    "steps_per_epoch, or give every replica as many "
+                    "batches (drop_remainder=True, and rows that divide "
+                    "evenly)"
+                ),
+            )
+        )
+    return checks
+
+
+def _replica_copies_averager(model, strategy):
+    """A function averaging per-replica variable copies, or None if none.
+
+    Keras 3 keeps a separate copy per replica of a variable with no
+    aggregation, such as BatchNormalization's moving mean and variance,
+    each updated from its own replica's batches: left alone, the workers'
+    models would differ. tf.keras averaged such statistics over the
+    replicas when reading them; here they are averaged once an epoch.
+    """
+    copies = [
         variable
         for variable in model.non_trainable_weights
         if variable.aggregation == "none"
         and keras.backend.is_float_dtype(variable.dtype)
     ]
+    if strategy.num_replicas_in_sync == 1 or not copies:
+        return None
 
     @tf.function
-    def average_replica_copies():
+    def average():
         def replica_average():
             context = tf.distribute.get_replica_context()
             means = context.all_reduce(
-                tf.distribute.ReduceOp.MEAN,
-                [tf.identity(v.value) for v in replica_copies],
+                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in copies]
             )
-            for variable, mean in zip(replica_copies, means):
+            for variable, mean in zip(copies, means, strict=True):
                 variable.assign(mean)
 
         strategy.run(replica_average)
 
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    return average
 
-    # The signature, with its unknown batch size, keeps a last partial batch
-    # from tracing the step a second time.
-    @tf.function(input_signature=(dataset.element_spec,))
-    def train_step(batch):
-        features, labels = batch
-        results = strategy.run(replica_step, args=(features, labels))
-        # Each replica's loss is its share of the global mean: their sum is
-        # the step's loss. Counts and correct answers add up too.
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, results, None)
 
-    # In the order replica_step stacks the correct answers.
-    names = [_accuracy_key(name, losses) for name, _, a, _ in losses if a]
-    history = {"loss": [], **{key: [] for key in names}}
-    iterator = iter(dataset) if steps_per_epoch else None
-    for epoch in range(initial_epoch, epochs):
-        batches = (
-            itertools.islice(iterator, steps_per_epoch)
-            if steps_per_epoch
-            else iter(dataset)
-        )
-        # [loss x examples, examples, correct answers...], summed over steps
-        # on the device: no wait for the host until the epoch ends.
-        sums = tf.zeros(2 + len(names))
-        steps = 0
-        for batch in batches:
-            result = train_step(batch)
-            sums += tf.concat([result[:1] * result[1], result[1:]], axis=0)
-            steps += 1
-        if steps == 0:
-            raise ValueError(
-                f"dataset_fn gave no batches in epoch {epoch + 1}. With "
-                "`steps_per_epoch`, the dataset must repeat (`.repeat()`) to "
-                "last that many steps per epoch."
-            )
-        if replicas > 1 and replica_copies:
-            average_replica_copies()
-        totals = sums.numpy().astype(float)
-        logs = {"loss": float(totals[0] / totals[1])}
-        for index, key in enumerate(names):
-            logs[key] = float(totals[2 + index] / totals[1])
-        for key, value in logs.items():
-            history[key].append(value)
-        if verbose and chief:
-            metrics = " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
-            print(
-                f"Epoch {epoch + 1}/{epochs} - {steps} steps - {metrics}",
-                flush=True,
-            )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, logs)
-    return history
+def _run_epoch(train_step, batches, names):
+    """One epoch's `(logs, steps)`: the mean loss and accuracies per example."""
+    # [loss x examples, examples, correct answers...], summed over steps on
+    # the device: no wait for the host until the epoch ends.
+    sums = tf.zeros(2 + len(names))
+    steps = 0
+    for batch in batches:
+        result = train_step(batch)
+        sums += tf.concat([result[:1] * result[1], result[1:]], axis=0)
+        steps += 1
+    if steps == 0:
+        return {}, 0
+    totals = sums.numpy().astype(float)
+    logs = {"loss": float(totals[0] / totals[1])}
+    for index, key in enumerate(names):
+        logs[key] = float(totals[2 + index] / totals[1])
+    return logs, steps
 
 
 def _check_arguments(epochs, global_batch_size, initial_epoch, steps_per_epoch):

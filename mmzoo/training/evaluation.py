@@ -1,10 +1,37 @@
-"""`evaluate`: a trained model's metrics on a manifest."""
+"""Evaluation: a trained model's metrics on a dataset or a manifest.
+
+Which metrics apply is the task's business (`Task.evaluate`): accuracy,
+F1 and a confusion matrix for classification, MAE/MSE/R² for regression.
+"""
 
 import json
 import os
 
+import numpy as np
+
 from mmzoo.data.dataset import make_dataset
-from mmzoo.training.runs import load_run
+from mmzoo.runs import Run
+from mmzoo.runs import load_run
+from mmzoo.tasks import get_task
+
+
+def evaluate_dataset(model, dataset, labels, task):
+    """The task's metrics of `model` on an evaluation dataset (order kept).
+
+    Args:
+        model: a Keras model whose outputs include the task's output.
+        dataset: batches of `(features, targets)`, e.g. `make_dataset(...,
+            training=False)`.
+        labels: the `LabelVocabulary` (`None` for regression).
+        task: a task name or `mmzoo.tasks.Task`.
+
+    Returns:
+        The metrics dict (see `mmzoo.metrics`).
+    """
+    task = get_task(task)
+    targets = np.concatenate([np.asarray(y) for _, y in dataset])
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return task.evaluate(targets, np.asarray(outputs[task.output_name]), labels)
 
 
 def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
@@ -22,9 +49,6 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
     Returns:
         `(metrics, path)`.
     """
-    from mmzoo.training.runs import Run
-    from mmzoo.training.trainer import evaluate_dataset
-
     run = model if isinstance(model, Run) else load_run(model)
     dataset, report, _ = make_dataset(
         data,
@@ -33,8 +57,8 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
         batch_size,
         training=False,
         labels=run.labels,
-        task=run.task,
-        resize=run.config.get("resize", "stretch"),
+        task=run.task.name,
+        resize=run.resize,
         columns=run.config.get("columns"),
         unknown_labels=unknown_labels,
         return_report=True,

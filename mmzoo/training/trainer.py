@@ -1,4 +1,4 @@
-"""`train`: a manifest in, a run folder out (see `mmzoo.training.runs`)."""
+"""`train`: a manifest in, a run folder out (see `mmzoo.runs`)."""
 
 import csv
 import json
@@ -14,19 +14,17 @@ import numpy as np
 import tensorflow as tf
 
 import mmzoo
-from mmzoo import heads
+from mmzoo import registry
+from mmzoo import runs
 from mmzoo.data.dataset import make_dataset
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import read_manifest
 from mmzoo.data.manifest import row_problems
+from mmzoo.tasks import get_task
 from mmzoo.training import config as run_config
-from mmzoo.training import runs
-from mmzoo.training.metrics import classification_metrics
-from mmzoo.training.metrics import regression_metrics
+from mmzoo.training.evaluation import evaluate_dataset
 
 logger = logging.getLogger("mmzoo.training")
-
-TOKEN_TOWERS = ("bow", "cnn", "bilstm", "transformer")
 
 
 class RunError(RuntimeError):
@@ -154,12 +152,15 @@ def _fit_tokenizer(config, resume):
     folder = os.path.join(config["out"], runs.TOKENIZER)
     if resume and os.path.isdir(folder):
         return tokenizers.load_tokenizer(folder)
-    tower = config["text_tower"]
-    if tower == "hub":
+    kind = registry.text_tower(config["text_tower"]).tokenizer
+    if kind is None:
+        # The tower takes raw strings.
         return None
-    if tower == "bert":
+    if kind == "wordpiece":
         if not config["text_preset"]:
-            raise run_config.ConfigError("text_tower='bert' needs `text_preset`.")
+            raise run_config.ConfigError(
+                f"text_tower={config['text_tower']!r} needs `text_preset`."
+            )
         tokenizer = tokenizers.WordPieceTokenizer.from_preset(
             config["text_preset"], max_tokens=config["max_tokens"]
         )
@@ -265,18 +266,17 @@ def _train(config, resume, verbose, callbacks):
                 config[split], training=False, labels=labels, **arguments
             )
 
+    task = get_task(config["task"])
     with strategy.scope():
-        model = _build(config, tokenizer, labels, report)
-        arguments = heads.default_compile_arguments(config["task"], config["lr"])
+        num_classes = task.num_classes(labels, train_data.element_spec[1].shape)
+        model = _build(config, tokenizer, num_classes)
+        arguments = task.compile_arguments(config["lr"])
         if config["lr_schedule"] == "cosine":
             steps = int(train_data.cardinality()) * config["epochs"]
             arguments["optimizer"] = keras.optimizers.Adam(
                 keras.optimizers.schedules.CosineDecay(config["lr"], steps)
             )
         model.compile(**arguments, jit_compile=bool(config["xla"]))
-    if "modality_weights" in model.output:
-        train_data = _target_every_output(train_data)
-        evaluation = {k: _target_every_output(v) for k, v in evaluation.items()}
     parameters = model.count_params()
     logger.info("Model %s: %s parameters", model.name, f"{parameters:,}")
 
@@ -300,7 +300,7 @@ def _train(config, resume, verbose, callbacks):
     best = mmzoo.load_model(best_path) if os.path.isfile(best_path) else model
     metrics = {"parameters": parameters, "train_seconds": round(seconds, 2)}
     for split, dataset in evaluation.items():
-        metrics[split] = evaluate_dataset(best, dataset, labels, config["task"])
+        metrics[split] = evaluate_dataset(best, dataset, labels, task)
     with open(os.path.join(out, runs.METRICS), "w", encoding="utf-8") as file:
         json.dump(metrics, file, indent=2)
     _plots(out, metrics, labels)
@@ -314,35 +314,12 @@ def _train(config, resume, verbose, callbacks):
     }
 
 
-def _target_every_output(dataset):
-    """Give `modality_weights` a placeholder target (it has no loss).
-
-    Keras 3.15 pairs a single target with the model's outputs in sorted
-    order, `modality_weights` before `probabilities`, so the metrics of
-    `probabilities` would never be updated. With a target per output they
-    are; the placeholder has no loss and no metric, so it changes nothing
-    else.
-    """
-
-    def targets(features, target):
-        batch = tf.shape(features["image"])[0]
-        placeholder = tf.zeros((batch, 2), tf.float32)
-        return features, {"probabilities": target, "modality_weights": placeholder}
-
-    return dataset.map(targets)
-
-
-def _build(config, tokenizer, labels, report):
-    task = config["task"]
-    if task == "regression":
-        num_classes = int(report.manifest.labels[report.good[0]].count("|") + 1)
-    else:
-        num_classes = len(labels)
+def _build(config, tokenizer, num_classes):
     arguments = dict(
         image_tower=config["image_tower"],
         text_tower=config["text_tower"],
         fusion=config["fusion"],
-        task=task,
+        task=config["task"],
         num_classes=num_classes,
         image_size=config["image_size"],
         max_tokens=config["max_tokens"],
@@ -351,7 +328,8 @@ def _build(config, tokenizer, labels, report):
         seed=config["seed"],
         compile=False,
     )
-    if tokenizer is not None and config["text_tower"] in TOKEN_TOWERS:
+    if registry.text_tower(config["text_tower"]).tokenizer == "word":
+        # The tower's embedding has a row per id the fitted tokenizer makes.
         arguments["vocab_size"] = tokenizer.vocab_size
     if config["text_preset"]:
         arguments["text_preset"] = config["text_preset"]
@@ -459,19 +437,6 @@ def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch):
         writer.writerow(["epoch", *history])
         for index in range(len(next(iter(history.values()), []))):
             writer.writerow([index, *(values[index] for values in history.values())])
-
-
-def evaluate_dataset(model, dataset, labels, task):
-    """Metrics of a model on an evaluation dataset (order kept)."""
-    targets = np.concatenate(
-        [(y["probabilities"] if isinstance(y, dict) else y).numpy() for _, y in dataset]
-    )
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    if task == "regression":
-        return regression_metrics(targets, np.asarray(outputs["predictions"]))
-    return classification_metrics(
-        targets, np.asarray(outputs["probabilities"]), labels.names, task=task
-    )
 
 
 def _plots(out, metrics, labels):

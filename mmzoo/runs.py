@@ -1,4 +1,9 @@
-"""A run folder: what `mmzoo train` writes, and loading it back.
+"""The trained artefact: a run folder, and loading it back as a `Run`.
+
+A `Run` (model + tokenizer + labels + configuration) is what training
+writes and what evaluation, prediction, both exports and the command line
+read, so it lives here, outside all of them: data flows one way, data ->
+models -> training -> run -> export / serving.
 
 RUN_DIR/
   config.yaml         the resolved configuration
@@ -18,10 +23,12 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
+import yaml
 
+from mmzoo.builder import explained_model
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.saving import load_model
+from mmzoo.tasks import get_task
 
 CONFIG = "config.yaml"
 LABELS = "labels.txt"
@@ -57,11 +64,25 @@ class Run:
 
     @property
     def task(self):
-        return self.config.get("task", "multiclass")
+        """The run's `mmzoo.tasks.Task`."""
+        return get_task(self.config.get("task", "multiclass"))
 
     @property
     def output_name(self):
-        return "predictions" if self.task == "regression" else "probabilities"
+        return self.task.output_name
+
+    @property
+    def resize(self):
+        return self.config.get("resize", "stretch")
+
+    def explained_model(self):
+        """The model, with `modality_weights` as a second output if its
+        fusion computes them (see `mmzoo.with_modality_weights`)."""
+        return explained_model(self.model)
+
+    def predict(self, image, text, top_k=5):
+        """Top-k labels (or values) for one image and one text; see `predict`."""
+        return predict(self, image, text, top_k)
 
 
 def load_run(path):
@@ -75,7 +96,6 @@ def load_run(path):
         A `Run`.
     """
     from mmzoo.data.tokenizers import load_tokenizer
-    from mmzoo.training import config as run_config
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -91,9 +111,7 @@ def load_run(path):
         directory, model_path = os.path.dirname(os.path.abspath(path)), path
     else:
         raise FileNotFoundError(f"No run folder or model file at {path!r}")
-    config = {}
-    if os.path.isfile(os.path.join(directory, CONFIG)):
-        config = run_config.load_yaml(os.path.join(directory, CONFIG))
+    config = _read_config(os.path.join(directory, CONFIG))
     labels = None
     if os.path.isfile(os.path.join(directory, LABELS)):
         labels = LabelVocabulary.load(os.path.join(directory, LABELS))
@@ -106,9 +124,23 @@ def load_run(path):
             f"{model_path} takes token ids, but {directory} has no "
             f"{TOKENIZER}/ folder to make them."
         )
-    if config.get("task", "multiclass") != "regression" and labels is None:
+    if get_task(config.get("task", "multiclass")).classes and labels is None:
         raise FileNotFoundError(f"{directory} has no {LABELS} for the model's classes.")
     return Run(model, tokenizer, labels, config, directory)
+
+
+def _read_config(path):
+    """A run's config.yaml (written by `mmzoo train`), or {} without one."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        try:
+            config = yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a run config is a mapping of keys to values.")
+    return config
 
 
 def predict(run, image, text, top_k=5):
@@ -125,6 +157,8 @@ def predict(run, image, text, top_k=5):
         w, "text": w}}` (the weights only for fusions that compute them;
         `"predictions"` instead of labels for regression).
     """
+    import tensorflow as tf
+
     from mmzoo.data.images import load_image
 
     if not isinstance(run, Run):
@@ -134,9 +168,8 @@ def predict(run, image, text, top_k=5):
             raise FileNotFoundError(f"Image not found: {os.fspath(image)!r}")
         with open(image, "rb") as file:
             image = file.read()
-    resize = run.config.get("resize", "stretch")
     try:
-        pixels = load_image(tf.constant(image), run.image_size, resize)
+        pixels = load_image(tf.constant(image), run.image_size, run.resize)
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(f"Cannot decode the image: {error.message}") from None
     features = {"image": tf.cast(pixels, tf.float32)[tf.newaxis]}
@@ -144,17 +177,8 @@ def predict(run, image, text, top_k=5):
         features["tokens"] = run.tokenizer(tf.constant([text]))
     else:
         features["text"] = tf.constant([text])
-    outputs = run.model.predict_on_batch(features)
-    result = {}
-    if run.task == "regression":
-        result["predictions"] = np.asarray(outputs["predictions"])[0].tolist()
-    else:
-        scores = np.asarray(outputs["probabilities"])[0]
-        if run.task == "binary":
-            scores = np.asarray([1.0 - scores[0], scores[0]])
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        result["labels"] = [run.labels.names[i] for i in order]
-        result["scores"] = [float(scores[i]) for i in order]
+    outputs = run.explained_model().predict_on_batch(features)
+    result = run.task.answer(np.asarray(outputs[run.output_name])[0], run.labels, top_k)
     if "modality_weights" in outputs:
         image_weight, text_weight = np.asarray(outputs["modality_weights"])[0]
         result["modality_weights"] = {

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from mmzoo.registry import check_choice
+from mmzoo.checks import check_choice
 
 CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")
 
@@ -92,12 +92,10 @@ def classification_metrics(
     0.6666666666666666
     """
     check_choice("task", task, CLASSIFICATION_TASKS)
-    if task == "multiclass":
-        return _multiclass_metrics(y_true, y_score, labels)
-    threshold = _check_threshold(threshold)
-    if task == "binary":
-        return _binary_metrics(y_true, y_score, labels, threshold)
-    return _multilabel_metrics(y_true, y_score, labels, threshold)
+    metrics, thresholded = _CLASSIFICATION[task]
+    if not thresholded:
+        return metrics(y_true, y_score, labels)
+    return metrics(y_true, y_score, labels, _check_threshold(threshold))
 
 
 def regression_metrics(y_true, y_pred) -> dict:
@@ -297,6 +295,14 @@ def _multilabel_metrics(y_true, y_score, labels, threshold):
         "labels": labels,
         "threshold": threshold,
     }
+
+
+# task -> (metrics function, whether it takes a threshold)
+_CLASSIFICATION = {
+    "multiclass": (_multiclass_metrics, False),
+    "binary": (_binary_metrics, True),
+    "multilabel": (_multilabel_metrics, True),
+}
 
 
 def _single_label_metrics(y_true, y_pred, labels):

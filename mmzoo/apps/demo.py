@@ -98,7 +98,7 @@ def export_best(run_dir, test_manifest, savedmodels="savedmodels", samples=512):
     from mmzoo.export.saved_model import export_saved_model
     from mmzoo.export.tflite import export_tflite
     from mmzoo.export.tflite import parity
-    from mmzoo.training.runs import load_run
+    from mmzoo.runs import load_run
 
     run = load_run(run_dir)
     figures = {}
@@ -116,21 +116,15 @@ def export_best(run_dir, test_manifest, savedmodels="savedmodels", samples=512):
     from mmzoo.data.images import load_image
 
     pixels = tf.cast(
-        tf.stack(
-            [
-                load_image(data, run.image_size, run.config.get("resize", "stretch"))
-                for data in images
-            ]
-        ),
+        tf.stack([load_image(data, run.image_size, run.resize) for data in images]),
         tf.float32,
     )
     tokens = run.tokenizer(tf.constant([manifest.texts[i] for i in rows]))
     expected = run.model({"image": pixels, "tokens": tokens}, training=False)
+    output = run.output_name
     figures["saved_model"] = {
         "path": path,
-        "max_abs_diff": float(
-            np.max(np.abs(outputs["probabilities"] - expected["probabilities"]))
-        ),
+        "max_abs_diff": float(np.max(np.abs(outputs[output] - expected[output]))),
     }
     sample = make_dataset(
         test_manifest,

@@ -1,0 +1,1 @@
+"""Applications built on mmzoo's parts: `mmzoo demo` (demo.py)."""
