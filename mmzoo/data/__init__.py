@@ -32,6 +32,7 @@ _EXPORTS = {
     "PythonWordTokenizer": "pure_python_tokenizer",
     "build_vocabulary": "pure_python_tokenizer",
     "ImageInfo": "images",
+    "check_encoded_image": "images",
     "inspect_image": "images",
     "load_image": "images",
 }
