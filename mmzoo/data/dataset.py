@@ -12,8 +12,8 @@ from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import Manifest
-from mmzoo.data.manifest import read_manifest
 from mmzoo.data.manifest import split_labels
+from mmzoo.data.sources import read_manifest
 from mmzoo.registry import TASKS
 from mmzoo.registry import check_choice
 
@@ -161,7 +161,7 @@ def make_dataset(
     classified = task != "regression"
     check_labels = labels if classified and unknown_labels != "unknown" else None
     memory_cache = cache == "memory"
-    if memory_cache and manifest.format == "tfrecord":
+    if memory_cache and manifest.reader.images_inside:
         raise ValueError(
             "cache='memory' decodes each unique image file once; TFRecord "
             "records are read in a stream. Use a file cache path instead."
@@ -205,15 +205,17 @@ def make_dataset(
     def example(position, image):
         return image, tf.gather(texts, position), tf.gather(targets, position)
 
-    if manifest.format == "tfrecord":
-        from mmzoo.data import tfrecord
-
-        # Row index -> position among the good rows.
-        positions = np.full(len(manifest), -1, np.int64)
-        positions[good] = np.arange(len(good))
+    if manifest.reader.images_inside:
+        reader = manifest.reader
+        keys, image_ids = reader.image_keys(manifest)
+        selected = [image_ids[i] for i in good]
+        # Image key -> position among the good rows: one per key, since an
+        # image inside a record belongs to that record's row alone.
+        positions = np.full(len(keys), -1, np.int64)
+        positions[selected] = np.arange(len(good))
         positions = tf.constant(positions)
-        dataset = tfrecord.image_bytes_dataset(manifest, good)
-        dataset = dataset.map(lambda row, data: (tf.gather(positions, row), data))
+        dataset = reader.image_contents(keys, selected)
+        dataset = dataset.map(lambda key, data: (tf.gather(positions, key), data))
         dataset = _shard(dataset, input_context)
         if shuffle and not cache:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed)
