@@ -316,6 +316,7 @@ class TFRecordReader(SourceReader):
     @classmethod
     def read(cls, path, columns):
         # The records have fixed feature names: `columns` renames nothing.
+        path = os.fspath(path)
         files = shard_paths(path)
         manifest = Manifest(source=path, reader=None)
         infos = []
