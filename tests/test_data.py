@@ -22,6 +22,7 @@ from mmzoo.data import write_tfrecords
 from mmzoo.data.check import DataError
 from mmzoo.data.manifest import ManifestError
 from mmzoo.data.tokenizers import WordTokenizer
+from mmzoo.tasks import TASKS
 
 MAX_PIXELS = 1_000_000  # the messy manifest's "large" image has 1.2 Mpx
 
@@ -483,6 +484,30 @@ def test_multilabel_binary_and_regression_targets(tmp_path, tokenizer):
     )
     with pytest.raises(DataError, match="exactly 2 labels"):
         targets("multi.csv", "binary")
+
+
+def test_task_objects_and_names_give_the_same_targets(tmp_path, tokenizer):
+    data_fixtures.write_image(str(tmp_path / "images" / "a.png"))
+    (tmp_path / "multi.csv").write_text(
+        "image,text,label\n"
+        + "".join(f"images/a.png,t,{v}\n" for v in ("cat|dog", "dog", "cat"))
+    )
+    by_name = make_dataset(
+        tmp_path / "multi.csv", tokenizer, 8, training=False, task="multilabel"
+    )
+    by_object = make_dataset(
+        tmp_path / "multi.csv", tokenizer, 8, training=False, task=TASKS["multilabel"]
+    )
+    np.testing.assert_array_equal(
+        next(iter(by_name))[1].numpy(), next(iter(by_object))[1].numpy()
+    )
+    with pytest.raises(
+        ValueError, match=r"`task` must be one of .*Did you mean 'multilabel'"
+    ):
+        make_dataset(tmp_path / "multi.csv", tokenizer, 8, task="multilable")
+    # A label that is not a number reaches the caller as a DataError.
+    with pytest.raises(DataError, match="a regression label is not a number"):
+        make_dataset(tmp_path / "multi.csv", tokenizer, 8, task="regression")
 
 
 def test_argument_errors_name_the_argument(clean, tokenizer):
