@@ -1,7 +1,9 @@
 """Manifests, the bad-data check and `make_dataset`, on real files."""
 
+import ast
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -15,10 +17,12 @@ from mmzoo.data import LabelVocabulary
 from mmzoo.data import check_manifest
 from mmzoo.data import make_dataset
 from mmzoo.data import read_manifest
+from mmzoo.data import sources
 from mmzoo.data import write_tfrecords
 from mmzoo.data.check import DataError
 from mmzoo.data.manifest import ManifestError
 from mmzoo.data.tokenizers import WordTokenizer
+from mmzoo.tasks import TASKS
 
 MAX_PIXELS = 1_000_000  # the messy manifest's "large" image has 1.2 Mpx
 
@@ -102,6 +106,90 @@ def test_jsonl_list_labels_become_multilabel_strings(tmp_path):
         json.dumps({"image": "a.png", "text": "t", "label": ["cat", "dog"]}) + "\n"
     )
     assert read_manifest(path).labels == ["cat|dog"]
+
+
+def test_each_format_has_a_reader_that_knows_where_images_are(clean, tmp_path):
+    manifest = read_manifest(clean)
+    assert isinstance(manifest.reader, sources.CsvReader)
+    assert manifest.format == "csv" and not manifest.reader.images_inside
+    write_tfrecords(clean, tmp_path / "shards", num_shards=2)
+    shards = read_manifest(tmp_path / "shards")
+    assert isinstance(shards.reader, sources.TFRecordReader)
+    assert shards.format == "tfrecord" and shards.reader.images_inside
+    assert shards.images == [None] * 12
+    assert shards.texts == manifest.texts and shards.lines == manifest.lines
+    # The old import path still reads manifests.
+    from mmzoo.data.manifest import read_manifest as old_path
+
+    assert old_path is sources.read_manifest
+
+
+def test_take_keeps_the_chosen_rows(messy):
+    path, _ = messy
+    manifest = read_manifest(path)
+    assert manifest.problems
+    sample = manifest.take([5, 0, 2])
+    assert sample.lines == [manifest.lines[i] for i in (5, 0, 2)]
+    assert sample.texts == [manifest.texts[i] for i in (5, 0, 2)]
+    assert sample.images == [manifest.images[i] for i in (5, 0, 2)]
+    assert sample.problems == [] and sample.num_rows == 3
+    assert len(manifest) > 3  # the original is untouched
+
+
+def test_a_sample_of_tfrecord_rows_streams_its_own_records(clean, tokenizer, tmp_path):
+    # A sample (int8 calibration takes one) holds rows from the middle of the
+    # shards: each must come with its own record's image.
+    write_tfrecords(clean, tmp_path / "shards", num_shards=2)
+    rows = [1, 4, 5, 10]
+
+    def examples(manifest):
+        dataset = make_dataset(manifest, tokenizer, 16, batch_size=12, training=False)
+        return first_batches(dataset, 1)[0]
+
+    expected = examples(read_manifest(clean).take(rows))
+    sampled = examples(read_manifest(tmp_path / "shards").take(rows))
+    assert len(sampled[2]) == len(rows)
+    for a, b in zip(expected, sampled):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_data_modules_import_each_other_one_way():
+    # Every import of one mmzoo.data module by another, at any depth (a
+    # function-level import is still a dependency), must form no cycle.
+    folder = pathlib.Path(mmzoo.data.__file__).parent
+    modules = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    depends = {}
+    for module in modules:
+        tree = ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))
+        forwarders = [
+            node
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        ]
+        # A module `__getattr__` that forwards a moved name for old importers
+        # is not something the module uses.
+        skipped = {id(node) for f in forwarders for node in ast.walk(f)}
+        depends[module] = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped or not isinstance(node, ast.ImportFrom):
+                continue
+            if node.module == "mmzoo.data":
+                names = {alias.name for alias in node.names}
+            elif (node.module or "").startswith("mmzoo.data."):
+                names = {node.module.split(".")[2]}
+            else:
+                continue
+            depends[module] |= names & modules
+    order = []
+    while len(order) < len(modules):
+        ready = sorted(m for m in modules - set(order) if depends[m] <= set(order))
+        assert ready, f"an import cycle among {sorted(modules - set(order))}"
+        order += ready
+    assert depends["manifest"] == set()
+    assert depends["sources"] == {"manifest", "images"}
+    assert depends["check"] == {"manifest", "images", "sources"}
+    assert depends["images"] == {"manifest"}
+    assert depends["tfrecord"] == {"check", "sources"}
 
 
 # --- The check: exact counts and reasons ----------------------------------------
@@ -396,6 +484,30 @@ def test_multilabel_binary_and_regression_targets(tmp_path, tokenizer):
     )
     with pytest.raises(DataError, match="exactly 2 labels"):
         targets("multi.csv", "binary")
+
+
+def test_task_objects_and_names_give_the_same_targets(tmp_path, tokenizer):
+    data_fixtures.write_image(str(tmp_path / "images" / "a.png"))
+    (tmp_path / "multi.csv").write_text(
+        "image,text,label\n"
+        + "".join(f"images/a.png,t,{v}\n" for v in ("cat|dog", "dog", "cat"))
+    )
+    by_name = make_dataset(
+        tmp_path / "multi.csv", tokenizer, 8, training=False, task="multilabel"
+    )
+    by_object = make_dataset(
+        tmp_path / "multi.csv", tokenizer, 8, training=False, task=TASKS["multilabel"]
+    )
+    np.testing.assert_array_equal(
+        next(iter(by_name))[1].numpy(), next(iter(by_object))[1].numpy()
+    )
+    with pytest.raises(
+        ValueError, match=r"`task` must be one of .*Did you mean 'multilabel'"
+    ):
+        make_dataset(tmp_path / "multi.csv", tokenizer, 8, task="multilable")
+    # A label that is not a number reaches the caller as a DataError.
+    with pytest.raises(DataError, match="a regression label is not a number"):
+        make_dataset(tmp_path / "multi.csv", tokenizer, 8, task="regression")
 
 
 def test_argument_errors_name_the_argument(clean, tokenizer):

@@ -24,7 +24,7 @@ from harness import TINY
 import mmzoo
 from mmzoo.data import make_dataset
 from mmzoo.data.images import load_image
-from mmzoo.data.manifest import read_manifest
+from mmzoo.data.sources import read_manifest
 from mmzoo.export import tflite
 from mmzoo.runs import load_run
 from mmzoo.training import train

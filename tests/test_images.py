@@ -475,6 +475,145 @@ def test_inspect_never_raises(files, name):
     assert inspect_image(memoryview(data)) == inspect_image(bytearray(data))
 
 
+# === The header checks: Python (training data) and graph (serving) ===
+
+# Below the fixtures' 32 x 24 = 768 pixels plus room; a 40 x 40 file is over.
+MAX_PIXELS = 1_000
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+def _graph_check(contents):
+    return images.check_encoded_image(contents, 7, MAX_PIXELS)
+
+
+def _graph_accepts(data):
+    try:
+        _graph_check(tf.constant(data))
+    except tf.errors.InvalidArgumentError:
+        return False
+    return True
+
+
+def _header_cases(files):
+    """(name, bytes): intact, cut short, padded, oversized and unknown files."""
+    cases = []
+    for name in FIXTURES:
+        data = _read(files, name)
+        cases += [
+            (name, data),
+            (f"{name} cut in half", data[: len(data) // 2]),
+            (f"{name} one byte short", data[:-1]),
+            (f"{name} + 10 padding bytes", data + bytes(10)),
+            (f"{name} + 40 padding bytes", data + bytes(40)),
+        ]
+    big = Image.fromarray(np.zeros((40, 40, 3), np.uint8))
+    for file_format in ("JPEG", "PNG", "GIF", "BMP"):
+        cases.append((f"40x40 {file_format}", _pillow_bytes(big, file_format)))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    cases.append(
+        (
+            "PNG header bomb",
+            b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00"))
+            + _png_chunk(b"IEND", b""),
+        )
+    )
+    bmp = bytearray(_read(files, "bmp_24"))
+    bmp[18:22] = struct.pack("<i", 100_000)  # the width field
+    cases.append(("BMP header bomb", bytes(bmp)))
+    gif = bytearray(_read(files, "gif"))
+    gif[6:10] = struct.pack("<HH", 60_000, 60_000)  # the logical screen
+    cases.append(("GIF header bomb", bytes(gif)))
+    for file_format in images.IMAGE_FORMATS:
+        cases.append((f"{file_format.name} signature only", file_format.signature))
+    cases += [
+        ("empty", b""),
+        ("text", b"name,label\nimages/cat.jpg,cat\n"),
+        ("random bytes", np.random.default_rng(0).bytes(1000)),
+        ("JPEG without a frame", b"\xff\xd8\xff\xd9"),
+    ]
+    return cases
+
+
+def test_python_and_graph_header_checks_agree(files):
+    # The graph leaves a BMP's completeness to TensorFlow's decoder (its
+    # header's sizes, not an end marker, say where it ends): there, the graph
+    # check passes what the Python check refuses, and the decoder refuses it.
+    left_to_the_decoder = {"bmp cut in half", "bmp one byte short"}
+    cases = _header_cases(files)
+    assert len(cases) > 60
+    for name, data in cases:
+        python_accepts = images.header_problem(inspect_image(data), MAX_PIXELS) is None
+        kind = name.replace("_24", "").replace("_32", "").replace("_8", "")
+        if kind in left_to_the_decoder:
+            assert not python_accepts and _graph_accepts(data), name
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                decode_image(data)
+        else:
+            assert python_accepts == _graph_accepts(data), name
+    # Both sides accept and refuse some of each.
+    verdicts = {_graph_accepts(data) for _, data in cases}
+    assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            b"",
+            r"image_bytes\[7\] could not be decoded: it is empty or not a "
+            r"JPEG, PNG, GIF or BMP file\.",
+        ),
+        (
+            b"GIF89a\x01\x00",
+            r"image_bytes\[7\] could not be decoded: the GIF file is truncated",
+        ),
+        (
+            tf.io.encode_png(tf.zeros([40, 40, 3], tf.uint8)).numpy(),
+            r"image_bytes\[7\] is too large to decode: its header declares 1600 "
+            r"pixels, more than max_pixels=1000\.",
+        ),
+    ],
+)
+def test_graph_check_names_the_element_and_the_reason(data, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _graph_check(tf.constant(data))
+    # Eagerly too, as a tf.data map or a test calls it.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        images.check_encoded_image(data, 7, MAX_PIXELS)
+
+
+def test_graph_check_passes_the_contents_through(files):
+    data = _read(files, "png")
+    checked = images.check_encoded_image(tf.constant(data), tf.constant(0), 768)
+    assert checked.numpy() == data
+
+
+@pytest.mark.parametrize("max_pixels", [0, 1.5, True, None])
+def test_graph_check_validates_max_pixels(max_pixels):
+    with pytest.raises(ValueError, match=r"`max_pixels` must be a positive integer"):
+        images.check_encoded_image(b"", 0, max_pixels)
+
+
+def test_header_problem_reasons(files):
+    data = _read(files, "png")
+    assert images.header_problem(inspect_image(data), 768) is None
+    assert images.header_problem(inspect_image(data), 767) == (
+        "image_too_large",
+        "32x24 = 768 pixels > max_pixels=767",
+    )
+    assert images.header_problem(inspect_image(data[:-1])) == (
+        "truncated_image",
+        "PNG file ends early",
+    )
+    assert images.header_problem(inspect_image(b"hello")) == (
+        "undecodable_image",
+        "not a JPEG, PNG, GIF or BMP image",
+    )
+    assert images.SUPPORTED_FORMATS == tuple(f.name for f in images.IMAGE_FORMATS)
+
+
 # === augment_image ===
 
 SEED = tf.constant([3, 4], tf.int64)

@@ -6,6 +6,11 @@ tf.data pipeline feeding a model's `image` and `tokens` inputs;
 turn text into token ids; `easy_vqa()` writes the built-in dataset's
 manifests.
 
+Data flows one way through the modules: `manifest` (the data model) <-
+`sources` (a reader per format, `read_manifest`) <- `check` <- `dataset`,
+with `tfrecord` (the writer) above `check`, and `images` (bytes to pixels,
+the header checks) beside them all.
+
 The names below are imported on first use: most of them import TensorFlow,
 which `mmzoo.data.manifest` (and so `mmzoo list`) does not need.
 """
@@ -19,7 +24,7 @@ _EXPORTS = {
     "Manifest": "manifest",
     "ManifestError": "manifest",
     "Problem": "manifest",
-    "read_manifest": "manifest",
+    "read_manifest": "sources",
     "DataError": "check",
     "DataReport": "check",
     "check_manifest": "check",
@@ -32,6 +37,7 @@ _EXPORTS = {
     "PythonWordTokenizer": "pure_python_tokenizer",
     "build_vocabulary": "pure_python_tokenizer",
     "ImageInfo": "images",
+    "check_encoded_image": "images",
     "inspect_image": "images",
     "load_image": "images",
 }

@@ -4,12 +4,17 @@ Every row is checked in three stages, cheapest first:
 
 1. its own fields (`mmzoo.data.manifest.row_problems`): a missing column,
    empty or non-UTF-8 text, a label outside the vocabulary;
-2. its image file's header and trailer, read in Python without decoding
-   (`mmzoo.data.images.inspect_image`): missing file, unknown format,
-   truncated file, more pixels than `max_pixels` (a decompression bomb is
-   refused here, before anything allocates its pixels);
+2. its image's header and trailer, read in Python without decoding
+   (`mmzoo.data.images.inspect_image` and `header_problem`): missing file,
+   unknown format, truncated file, more pixels than `max_pixels` (a
+   decompression bomb is refused here, before anything allocates its
+   pixels);
 3. a real decode of every image that passed, with the same TensorFlow op
    the pipeline uses, run in parallel through tf.data.
+
+Where the images are (files, or bytes inside TFRecord records) is the
+manifest's reader's business (`mmzoo.data.sources`): this module asks it for
+the distinct images, their header problems and their bytes.
 
 tf.data's own `ignore_errors()` drops failures without saying which or why
 (and so hides a wrong image folder); here a failure is kept as a `Problem`
@@ -17,7 +22,6 @@ with its line number and TensorFlow's message.
 """
 
 import collections
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -34,8 +38,8 @@ from mmzoo.data.manifest import REASONS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import Manifest
 from mmzoo.data.manifest import Problem
-from mmzoo.data.manifest import read_manifest
 from mmzoo.data.manifest import row_problems
+from mmzoo.data.sources import read_manifest
 
 logger = logging.getLogger("mmzoo.data")
 
@@ -192,9 +196,11 @@ def check_manifest(
             bad.add(index)
             problems.extend(found)
 
-    keys, image_ids = _image_keys(manifest)
+    # A VQA manifest asks many questions about one image: each image is
+    # checked (and decoded) once.
+    keys, image_ids = manifest.reader.image_keys(manifest)
     image_problems, decoded = _check_images(
-        manifest, keys, max_pixels, decode, keep_images, progress
+        manifest.reader, keys, max_pixels, decode, keep_images, progress
     )
     for index in range(len(manifest)):
         key = image_ids[index]
@@ -216,78 +222,9 @@ def check_manifest(
     )
 
 
-def _image_keys(manifest):
-    """Unique images and each row's index into them.
-
-    A VQA manifest asks many questions about one image; each image is
-    checked (and decoded) once.
-    """
-    if manifest.format == "tfrecord":
-        return list(range(len(manifest))), list(range(len(manifest)))
-    keys, position, image_ids = [], {}, []
-    for path in manifest.images:
-        if path is None:
-            image_ids.append(None)
-            continue
-        if path not in position:
-            position[path] = len(keys)
-            keys.append(path)
-        image_ids.append(position[path])
-    return keys, image_ids
-
-
-def _inspect(info, max_pixels):
-    """(reason, detail) for a header that fails, else None."""
-    if info.format is None:
-        return "undecodable_image", "not a JPEG, PNG, GIF or BMP image"
-    if info.truncated:
-        return "truncated_image", f"{info.format.upper()} file ends early"
-    if info.width is None or info.height is None:
-        return "undecodable_image", f"unreadable {info.format.upper()} header"
-    if info.width * info.height > max_pixels:
-        return (
-            "image_too_large",
-            f"{info.width}x{info.height} = {info.width * info.height:,} "
-            f"pixels > max_pixels={max_pixels:,}",
-        )
-    return None
-
-
-def _inspect_file(path, max_pixels):
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        return "missing_file", f"no such file: {path}"
-    except IsADirectoryError:
-        return "missing_file", f"a folder, not an image file: {path}"
-    except OSError as error:
-        return "missing_file", f"cannot read {path}: {error.strerror}"
-    if not data:
-        return "undecodable_image", f"empty file: {path}"
-    problem = _inspect(image_lib.inspect_image(data), max_pixels)
-    if problem is not None:
-        return problem[0], f"{problem[1]}: {path}"
-    return None
-
-
-def _check_images(manifest, keys, max_pixels, decode, keep_images, progress):
+def _check_images(reader, keys, max_pixels, decode, keep_images, progress):
     """{key: (reason, detail)} for bad images, and the kept pixels."""
-    problems = {}
-    if manifest.format == "tfrecord":
-        for key, info in enumerate(manifest.infos):
-            problem = _inspect(info, max_pixels) if info is not None else None
-            if info is None:
-                problem = ("undecodable_image", "empty image bytes")
-            if problem is not None:
-                problems[key] = problem
-    else:
-        # File reads release the GIL; the header parsing is small.
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            results = pool.map(lambda p: _inspect_file(p, max_pixels), keys)
-            for key, problem in enumerate(results):
-                if problem is not None:
-                    problems[key] = problem
+    problems = reader.image_problems(keys, max_pixels)
     if not (decode or keep_images):
         return problems, None
 
@@ -302,7 +239,7 @@ def _check_images(manifest, keys, max_pixels, decode, keep_images, progress):
     for key in suspects:
         del problems[key]
     candidates = [key for key in range(len(keys)) if key not in problems]
-    contents = _contents_dataset(manifest, keys, candidates)
+    contents = reader.image_contents(keys, candidates)
     decoded = None
     if keep_images:
         image_size, resize = keep_images
@@ -331,14 +268,14 @@ def _check_images(manifest, keys, max_pixels, decode, keep_images, progress):
         bar.update(len(candidates), finalize=True)
     failed = [key for key in candidates if key not in passed]
     # Failures are rare: decode each again, eagerly, for TensorFlow's message.
-    for key, data in _contents_dataset(manifest, keys, failed):
+    for key, data in reader.image_contents(keys, failed):
         key = int(key)
         try:
             image_lib.decode_image(data)
             message = "decoding failed"
         except (tf.errors.InvalidArgumentError, tf.errors.OpError) as error:
             message = _tensorflow_message(error)
-        where = keys[key] if manifest.format != "tfrecord" else "record"
+        where = reader.describe(keys, key)
         if key in suspects:
             problems[key] = ("truncated_image", f"JPEG file ends early: {where}")
         else:
@@ -351,18 +288,3 @@ def _tensorflow_message(error):
     message = error.message.strip().split("\n")[0]
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
     return re.sub(r"\s*\[Op:\w+\].*$", "", message)
-
-
-def _contents_dataset(manifest, keys, selected):
-    """(key, encoded bytes) for the selected images, as a tf.data pipeline."""
-    selected = np.asarray(selected, np.int64)
-    if manifest.format == "tfrecord":
-        from mmzoo.data import tfrecord
-
-        return tfrecord.image_bytes_dataset(manifest, selected)
-    paths = tf.constant([os.fsencode(keys[key]) for key in selected], tf.string)
-    dataset = tf.data.Dataset.from_tensor_slices((selected, tf.reshape(paths, [-1])))
-    return dataset.map(
-        lambda key, path: (key, tf.io.read_file(path)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )

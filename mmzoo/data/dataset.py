@@ -1,10 +1,28 @@
-"""`make_dataset`: a manifest to a tf.data pipeline feeding an mmzoo model."""
+"""`make_dataset`: a manifest to a tf.data pipeline feeding an mmzoo model.
+
+The pipeline is built in stages, one function each, in the order the data
+flows through them:
+
+1. `_check_arguments`: every argument, before anything is read;
+2. `_checked_report`: `check_manifest`, then the run's policies for unknown
+   labels and bad rows, so the pipeline never meets a bad row;
+3. `_targets`: the task (`mmzoo.tasks`) turns the good rows' labels into
+   targets;
+4. the elements `(image, text, target)`, by where the images are (the
+   manifest's reader says, `mmzoo.data.sources`): `_file_elements` decodes
+   files in a shuffled order of positions, `_cached_elements` looks up
+   images decoded once by the check, `_streamed_elements` decodes TFRecord
+   records as they stream past a shuffle buffer;
+5. `_augmented` (training only), `_batched` (with the cardinality Keras
+   needs) and `_model_inputs` (the model's `image` and `tokens` inputs).
+"""
 
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from mmzoo.checks import check_choice
 from mmzoo.data import images as image_lib
 from mmzoo.data.check import DataError
 from mmzoo.data.check import check_manifest
@@ -12,10 +30,10 @@ from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import Manifest
-from mmzoo.data.manifest import read_manifest
-from mmzoo.data.manifest import split_labels
-from mmzoo.registry import TASKS
-from mmzoo.registry import check_choice
+from mmzoo.data.sources import read_manifest
+from mmzoo.data.tokenizers import load_tokenizer
+from mmzoo.tasks import TargetError
+from mmzoo.tasks import get_task
 
 DEFAULT_AUGMENTATION = {"flip": True, "crop": 0.1, "brightness": 0.1, "contrast": 0.1}
 UNKNOWN_LABELS = ("error", "skip", "unknown")
@@ -75,10 +93,11 @@ def make_dataset(
         labels: a `LabelVocabulary` or labels.txt path: the training labels
             when this is evaluation data. `None` builds the vocabulary from
             this manifest (training data).
-        task: `"multiclass"` (int labels), `"multilabel"` (`|`-separated
-            labels, multi-hot targets), `"binary"` (two labels, the second
-            in vocabulary order is 1) or `"regression"` (numbers,
-            `|`-separated for several targets).
+        task: a task name or `mmzoo.tasks.Task`, which turns the labels
+            into targets: `"multiclass"` (int labels), `"multilabel"`
+            (`|`-separated labels, multi-hot targets), `"binary"` (two
+            labels, the second in vocabulary order is 1) or `"regression"`
+            (numbers, `|`-separated for several targets).
         resize: `"stretch"` or `"pad"` (keep the aspect ratio).
         augment: `False`, `True` (flip, 10% crop, brightness, contrast) or a
             dict of `augment_image` arguments. Only when `training`. Off by
@@ -125,9 +144,103 @@ def make_dataset(
     >>> train = make_dataset("train.csv", tokenizer, image_size=64, seed=1)
     >>> model.fit(train, epochs=5)
     """
-    check_choice("task", task, TASKS)
+    task = get_task(task)
+    _check_arguments(
+        unknown_labels, resize, cache, image_size, batch_size, max_bad_fraction
+    )
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = LabelVocabulary.load(labels)
+    augmentation = _augmentation(augment) if training else None
+    shuffle = training if shuffle is None else shuffle
+    if epoch is not None and seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+
+    if isinstance(source, Manifest):
+        manifest = source
+    else:
+        manifest = read_manifest(source, columns)
+    memory_cache = cache == "memory"
+    if memory_cache:
+        _check_memory_cache(manifest, image_size)
+    report = _checked_report(
+        manifest,
+        task,
+        labels,
+        unknown_labels,
+        max_bad_fraction,
+        max_pixels=max_pixels,
+        decode=validate,
+        keep_images=(image_size, resize) if memory_cache else None,
+        progress=progress,
+    )
+    good = report.good
+
+    if task.classes and labels is None:
+        labels = LabelVocabulary.fit(
+            (manifest.labels[i] for i in good), multilabel=task.multilabel
+        )
+    targets = _targets(task, [manifest.labels[i] for i in good], labels, report)
+    texts = tf.constant([manifest.texts[i].encode("utf-8") for i in good], tf.string)
+    targets = tf.constant(targets)
+
+    def example(position, image):
+        return image, tf.gather(texts, position), tf.gather(targets, position)
+
+    def load(contents):
+        return image_lib.load_image(contents, image_size, resize)
+
+    if manifest.reader.images_inside:
+        dataset = _streamed_elements(
+            manifest,
+            good,
+            load,
+            example,
+            input_context,
+            shuffle=shuffle and not cache,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            num_parallel_calls=num_parallel_calls,
+        )
+    else:
+        # Rows are positions (cheap): shuffle them all before decoding.
+        positions = _positions(
+            len(good),
+            shuffle and (memory_cache or not cache),
+            seed,
+            epoch,
+            input_context,
+        )
+        if memory_cache:
+            dataset = _cached_elements(positions, report, example, num_parallel_calls)
+        else:
+            paths = [manifest.images[i] for i in good]
+            dataset = _file_elements(
+                positions, paths, load, example, num_parallel_calls
+            )
+    if cache and not memory_cache:
+        dataset = dataset.cache(os.fspath(cache))
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+
+    if augmentation is not None:
+        dataset = _augmented(dataset, augmentation, seed, epoch, num_parallel_calls)
+    dataset = _batched(dataset, len(good), batch_size, drop_remainder, input_context)
+    dataset = _model_inputs(dataset, tokenizer, num_parallel_calls)
+    if return_report:
+        return dataset, report, labels
+    return dataset
+
+
+# === Arguments ===
+
+
+def _check_arguments(
+    unknown_labels, resize, cache, image_size, batch_size, max_bad_fraction
+):
     check_choice("unknown_labels", unknown_labels, UNKNOWN_LABELS)
-    check_choice("resize", resize, ("stretch", "pad"))
+    check_choice("resize", resize, image_lib.RESIZE_MODES)
     if cache not in CACHES and not isinstance(cache, (str, os.PathLike)):
         raise ValueError(
             f"`cache` must be None, 'memory' or a file path. Received: cache={cache!r}"
@@ -142,46 +255,54 @@ def make_dataset(
             "`max_bad_fraction` must be between 0 and 1. "
             f"Received: max_bad_fraction={max_bad_fraction!r}"
         )
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from mmzoo.data.tokenizers import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer)
-    if isinstance(labels, (str, os.PathLike)):
-        labels = LabelVocabulary.load(labels)
-    augmentation = _augmentation(augment) if training else None
-    shuffle = training if shuffle is None else shuffle
-    if epoch is not None and seed is None:
-        seed = int(np.random.default_rng().integers(2**31))
 
-    if isinstance(source, Manifest):
-        manifest = source
-    else:
-        manifest = read_manifest(source, columns)
-    multilabel = task == "multilabel"
-    classified = task != "regression"
-    check_labels = labels if classified and unknown_labels != "unknown" else None
-    memory_cache = cache == "memory"
-    if memory_cache and manifest.format == "tfrecord":
+def _augmentation(augment):
+    """The `augment_image` arguments that `augment` asks for (None: none)."""
+    if augment is False or augment is None:
+        return None
+    if augment is True:
+        return dict(DEFAULT_AUGMENTATION)
+    if isinstance(augment, dict):
+        for key in augment:
+            check_choice("augment key", key, tuple(DEFAULT_AUGMENTATION))
+        return {**dict.fromkeys(DEFAULT_AUGMENTATION, 0.0), "flip": False, **augment}
+    raise ValueError(
+        "`augment` must be False, True or a dict such as "
+        f"{DEFAULT_AUGMENTATION}. Received: augment={augment!r}"
+    )
+
+
+def _check_memory_cache(manifest, image_size):
+    if manifest.reader.images_inside:
         raise ValueError(
             "cache='memory' decodes each unique image file once; TFRecord "
             "records are read in a stream. Use a file cache path instead."
         )
-    if memory_cache:
-        estimate = len(set(manifest.images)) * image_size * image_size * 3
-        if estimate > _MAX_MEMORY_CACHE_BYTES:
-            raise ValueError(
-                f"cache='memory' would hold about {estimate / 1e9:.1f} GB of "
-                "decoded images, more than a tf.data graph can carry; use a "
-                "file cache (cache='/path/prefix') or no cache."
-            )
+    estimate = len(set(manifest.images)) * image_size * image_size * 3
+    if estimate > _MAX_MEMORY_CACHE_BYTES:
+        raise ValueError(
+            f"cache='memory' would hold about {estimate / 1e9:.1f} GB of "
+            "decoded images, more than a tf.data graph can carry; use a "
+            "file cache (cache='/path/prefix') or no cache."
+        )
+
+
+# === Checked rows and their targets ===
+
+
+def _checked_report(
+    manifest, task, labels, unknown_labels, max_bad_fraction, **check_arguments
+):
+    """`check_manifest`'s report, once the rows pass the run's policies.
+
+    Raises `DataError` for labels outside `labels` (with
+    `unknown_labels="error"`) and for more bad rows than `max_bad_fraction`.
+    """
+    # Labels mapped to [UNK] are not bad rows, and numbers have no vocabulary.
+    check_labels = labels if task.classes and unknown_labels != "unknown" else None
     report = check_manifest(
-        manifest,
-        labels=check_labels,
-        multilabel=multilabel,
-        max_pixels=max_pixels,
-        decode=validate,
-        keep_images=(image_size, resize) if memory_cache else None,
-        progress=progress,
+        manifest, labels=check_labels, multilabel=task.multilabel, **check_arguments
     )
     if unknown_labels == "error" and "unknown_label" in report.counts:
         unknown = [p for p in report.problems if p.reason == "unknown_label"]
@@ -192,89 +313,107 @@ def make_dataset(
             "'unknown' to map them to an [UNK] class."
         )
     report.enforce(max_bad_fraction)
-    good = report.good
+    return report
 
-    if classified and labels is None:
-        labels = LabelVocabulary.fit(
-            (manifest.labels[i] for i in good), multilabel=multilabel
-        )
-    targets = _targets([manifest.labels[i] for i in good], labels, task, report)
-    texts = tf.constant([manifest.texts[i].encode("utf-8") for i in good], tf.string)
-    targets = tf.constant(targets)
 
-    def example(position, image):
-        return image, tf.gather(texts, position), tf.gather(targets, position)
+def _targets(task, raw_labels, labels, report):
+    """The task's target array for the good rows' raw labels."""
+    try:
+        return task.targets(raw_labels, labels, report.source)
+    except TargetError as error:
+        # Every data problem reaches make_dataset's callers as a DataError.
+        raise DataError(str(error)) from None
 
-    if manifest.format == "tfrecord":
-        from mmzoo.data import tfrecord
 
-        # Row index -> position among the good rows.
-        positions = np.full(len(manifest), -1, np.int64)
-        positions[good] = np.arange(len(good))
-        positions = tf.constant(positions)
-        dataset = tfrecord.image_bytes_dataset(manifest, good)
-        dataset = dataset.map(lambda row, data: (tf.gather(positions, row), data))
-        dataset = _shard(dataset, input_context)
-        if shuffle and not cache:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-        dataset = dataset.map(
-            lambda position, data: example(
-                position, image_lib.load_image(data, image_size, resize)
-            ),
-            num_parallel_calls=num_parallel_calls,
-        )
-    else:
-        # Rows are positions (cheap): shuffle them all before decoding.
-        reorder = shuffle and (memory_cache or not cache)
-        if reorder and epoch is not None:
-            # Every worker draws the same permutation, then takes its shard.
-            dataset = _epoch_permutation(len(good), seed, epoch)
-            dataset = _shard(dataset, input_context)
-        else:
-            dataset = _shard(tf.data.Dataset.range(len(good)), input_context)
-            if reorder:
-                dataset = dataset.shuffle(len(good), seed=seed)
-        if memory_cache:
-            pixels = tf.constant(report.images)
-            ids = tf.constant(np.asarray([report.image_ids[i] for i in good]))
-            dataset = dataset.map(
-                lambda p: example(p, tf.gather(pixels, tf.gather(ids, p))),
-                num_parallel_calls=num_parallel_calls,
-            )
-        else:
-            paths = tf.constant([os.fsencode(manifest.images[i]) for i in good])
-            dataset = dataset.map(
-                lambda p: example(
-                    p,
-                    image_lib.load_image(
-                        tf.io.read_file(tf.gather(paths, p)), image_size, resize
-                    ),
-                ),
-                num_parallel_calls=num_parallel_calls,
-            )
-    if cache and not memory_cache:
-        dataset = dataset.cache(os.fspath(cache))
-        if shuffle:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+# === Elements: (image, text, target) by where the images are ===
 
-    if augmentation is not None:
-        dataset = tf.data.Dataset.zip(dataset, _random_pairs(seed, epoch))
-        dataset = dataset.map(
-            lambda element, pair: (
-                image_lib.augment_image(element[0], pair, **augmentation),
-                *element[1:],
-            ),
-            num_parallel_calls=num_parallel_calls,
-        )
 
+def _positions(count, shuffle, seed, epoch, input_context):
+    """This pipeline's positions among the good rows, in an epoch's order."""
+    if shuffle and epoch is not None:
+        # Every worker draws the same permutation, then takes its shard.
+        return _shard(_epoch_permutation(count, seed, epoch), input_context)
+    dataset = _shard(tf.data.Dataset.range(count), input_context)
+    if shuffle:
+        dataset = dataset.shuffle(count, seed=seed)
+    return dataset
+
+
+def _file_elements(positions, paths, load, example, num_parallel_calls):
+    """Each position's image file, read and decoded."""
+    paths = tf.constant([os.fsencode(path) for path in paths])
+    return positions.map(
+        lambda position: example(
+            position, load(tf.io.read_file(tf.gather(paths, position)))
+        ),
+        num_parallel_calls=num_parallel_calls,
+    )
+
+
+def _cached_elements(positions, report, example, num_parallel_calls):
+    """Each position's image, from those the check decoded (`keep_images`)."""
+    pixels = tf.constant(report.images)
+    ids = tf.constant(np.asarray([report.image_ids[i] for i in report.good]))
+    return positions.map(
+        lambda position: example(position, tf.gather(pixels, tf.gather(ids, position))),
+        num_parallel_calls=num_parallel_calls,
+    )
+
+
+def _streamed_elements(
+    manifest,
+    good,
+    load,
+    example,
+    input_context,
+    shuffle,
+    shuffle_buffer,
+    seed,
+    num_parallel_calls,
+):
+    """The good rows' records as they stream, shuffled in a buffer.
+
+    Records are read in order, so only a buffer can reorder them, and the
+    buffer holds encoded bytes: they are decoded after it.
+    """
+    reader = manifest.reader
+    keys, image_ids = reader.image_keys(manifest)
+    selected = [image_ids[i] for i in good]
+    # Image key -> position among the good rows: one per key, since an
+    # image inside a record belongs to that record's row alone.
+    positions = np.full(len(keys), -1, np.int64)
+    positions[selected] = np.arange(len(good))
+    positions = tf.constant(positions)
+    dataset = reader.image_contents(keys, selected)
+    dataset = dataset.map(lambda key, data: (tf.gather(positions, key), data))
+    dataset = _shard(dataset, input_context)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    return dataset.map(
+        lambda position, data: example(position, load(data)),
+        num_parallel_calls=num_parallel_calls,
+    )
+
+
+# === Augmentation, batches, model inputs ===
+
+
+def _augmented(dataset, augmentation, seed, epoch, num_parallel_calls):
+    dataset = tf.data.Dataset.zip(dataset, _random_pairs(seed, epoch))
+    return dataset.map(
+        lambda element, pair: (
+            image_lib.augment_image(element[0], pair, **augmentation),
+            *element[1:],
+        ),
+        num_parallel_calls=num_parallel_calls,
+    )
+
+
+def _batched(dataset, rows, batch_size, drop_remainder, input_context):
+    """Batches of `batch_size` (per replica), with a known cardinality."""
     per_replica = batch_size
     if input_context is not None:
         per_replica = input_context.get_per_replica_batch_size(batch_size)
-    dataset = dataset.batch(per_replica, drop_remainder=drop_remainder)
-    # Filters and per-epoch reordering hide the length from tf.data; Keras
-    # needs it to know where an epoch ends without a warning.
-    rows = len(good)
-    if input_context is not None:
         rows = len(
             range(
                 input_context.input_pipeline_id,
@@ -282,8 +421,15 @@ def make_dataset(
                 input_context.num_input_pipelines,
             )
         )
+    dataset = dataset.batch(per_replica, drop_remainder=drop_remainder)
+    # Filters and per-epoch reordering hide the length from tf.data; Keras
+    # needs it to know where an epoch ends without a warning.
     batches = rows // per_replica if drop_remainder else -(-rows // per_replica)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def _model_inputs(dataset, tokenizer, num_parallel_calls):
+    """`({"image", "tokens" or "text"}, target)` batches, prefetched."""
 
     def to_model_inputs(image, text, target):
         features = {"image": tf.cast(image, tf.float32)}
@@ -300,10 +446,10 @@ def make_dataset(
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA
     )
-    dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-    if return_report:
-        return dataset, report, labels
-    return dataset
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# === Seeds, epochs and shards ===
 
 
 def _per_epoch(make, epoch):
@@ -354,63 +500,3 @@ def _shard(dataset, input_context):
     return dataset.shard(
         input_context.num_input_pipelines, input_context.input_pipeline_id
     )
-
-
-def _augmentation(augment):
-    if augment is False or augment is None:
-        return None
-    if augment is True:
-        return dict(DEFAULT_AUGMENTATION)
-    if isinstance(augment, dict):
-        for key in augment:
-            check_choice("augment key", key, tuple(DEFAULT_AUGMENTATION))
-        return {**dict.fromkeys(DEFAULT_AUGMENTATION, 0.0), "flip": False, **augment}
-    raise ValueError(
-        "`augment` must be False, True or a dict such as "
-        f"{DEFAULT_AUGMENTATION}. Received: augment={augment!r}"
-    )
-
-
-def _targets(raw, labels, task, report):
-    """The label array for the good rows: ints, multi-hot, or floats."""
-    if task == "regression":
-        try:
-            values = [[float(v) for v in label.split("|")] for label in raw]
-        except ValueError as error:
-            raise DataError(
-                f"{report.source}: a regression label is not a number ({error})."
-            ) from None
-        widths = {len(v) for v in values}
-        if len(widths) > 1:
-            raise DataError(
-                f"{report.source}: regression rows have {sorted(widths)} targets; "
-                "every row needs the same number."
-            )
-        return np.asarray(values, np.float32)
-
-    def index(name):
-        if name in labels:
-            return labels.index(name)
-        return labels.index(LabelVocabulary.UNKNOWN)
-
-    if not labels.has_unknown and any(
-        labels.unknown(label, task == "multilabel") for label in raw
-    ):
-        raise DataError(
-            f"{report.source}: labels outside the vocabulary and no [UNK] class "
-            "to map them to; build the vocabulary with "
-            "LabelVocabulary.fit(..., add_unknown=True)."
-        )
-    if task == "multilabel":
-        targets = np.zeros((len(raw), len(labels)), np.float32)
-        for row, label in enumerate(raw):
-            targets[row, [index(name) for name in split_labels(label)]] = 1.0
-        return targets
-    if task == "binary":
-        if len(labels) != 2:
-            raise DataError(
-                f"{report.source}: a binary task needs exactly 2 labels; found "
-                f"{len(labels)}: {labels.names[:10]}"
-            )
-        return np.asarray([[index(label)] for label in raw], np.float32)
-    return np.asarray([index(label) for label in raw], np.int32)

@@ -7,11 +7,18 @@ everything it calls (`decode_image`, `resize_image`) are therefore built from
 core TensorFlow ops only (no `tf.py_function`, PIL or NumPy), run under
 `tf.function` with unknown shapes, and give the same pixels in both places.
 
-`inspect_image` is plain Python that reads the header and the end of a file
-without decoding it. The pipeline calls it first, because TensorFlow's
-decoders fail a whole step on a truncated file (`InvalidArgumentError`) and
-happily allocate whatever size a header declares, so a small file can decode
-to gigabytes. `augment_image` is for training only and is never exported.
+Before decoding, the header is checked, because TensorFlow's decoders fail a
+whole step on a truncated file (`InvalidArgumentError`) and happily allocate
+whatever size a header declares, so a small file can decode to gigabytes.
+The check exists twice, reading one table of formats (`IMAGE_FORMATS`: each
+one's signature and end marker) and one pixel limit (`DEFAULT_MAX_PIXELS`):
+
+- `inspect_image` and `header_problem`: plain Python reading the header and
+  the end of a file without decoding it, for the training data check;
+- `check_encoded_image`: the same rules in TensorFlow ops, for the exported
+  serving graph, where a bad request must fail naming the bad image.
+
+`augment_image` is for training only and is never exported.
 """
 
 import numbers
@@ -20,21 +27,43 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from mmzoo.registry import check_choice
+from mmzoo.checks import check_choice
+from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 
-SUPPORTED_FORMATS = ("jpeg", "png", "gif", "bmp")
+
+class ImageFormat(NamedTuple):
+    """An encoded image format, as its bytes show it.
+
+    Attributes:
+        name: the `ImageInfo.format` name, e.g. `"jpeg"`.
+        signature: the bytes every such file starts with.
+        trailer: the end marker a complete file ends with, or `None` where
+            the header's sizes say where the file ends (BMP).
+    """
+
+    name: str
+    signature: bytes
+    trailer: bytes | None
+
+
+# The signatures `tf.io.decode_image` sniffs, so the header checks recognise
+# exactly the files that TensorFlow would try to decode. The Python and the
+# graph check both read this table.
+IMAGE_FORMATS = (
+    ImageFormat("jpeg", b"\xff\xd8\xff", b"\xff\xd9"),
+    ImageFormat("png", b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"),
+    ImageFormat("gif", b"GIF8", b";"),
+    ImageFormat("bmp", b"BM", None),
+)
+SUPPORTED_FORMATS = tuple(image_format.name for image_format in IMAGE_FORMATS)
 RESIZE_MODES = ("pad", "stretch")
 
-# The signatures `tf.io.decode_image` sniffs, so `inspect_image` recognises
-# exactly the files that TensorFlow would try to decode.
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GIF_SIGNATURE = b"GIF8"
-_BMP_SIGNATURE = b"BM"
-
-_JPEG_TRAILER = b"\xff\xd9"
-_PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_GIF_TRAILER = b";"
+_FORMAT = {image_format.name: image_format for image_format in IMAGE_FORMATS}
+# "JPEG, PNG, GIF or BMP", for messages.
+_FORMAT_NAMES = (
+    ", ".join(name.upper() for name in SUPPORTED_FORMATS[:-1])
+    + f" or {SUPPORTED_FORMATS[-1].upper()}"
+)
 
 # Some writers pad a file after its trailer (to an even length, a sector, or
 # with a newline). More than this many such bytes is read as a file cut short
@@ -112,14 +141,9 @@ def inspect_image(data: bytes) -> ImageInfo:
     # A memoryview slices without copying the whole file.
     view = memoryview(data).cast("B")
     head = bytes(view[:8])
-    if head.startswith(_JPEG_SIGNATURE):
-        return _inspect_jpeg(view)
-    if head.startswith(_PNG_SIGNATURE):
-        return _inspect_png(view)
-    if head.startswith(_GIF_SIGNATURE):
-        return _inspect_gif(view)
-    if head.startswith(_BMP_SIGNATURE):
-        return _inspect_bmp(view)
+    for image_format in IMAGE_FORMATS:
+        if head.startswith(image_format.signature):
+            return _INSPECTORS[image_format.name](view)
     return _UNKNOWN
 
 
@@ -130,9 +154,11 @@ def _read(view, offset, size):
     return bytes(view[offset : offset + size])
 
 
-def _ends_with(view, trailer):
+def _is_cut_short(view, name):
+    """No trailer of format `name` at the end (after at most a little padding)."""
+    trailer = _FORMAT[name].trailer
     tail = bytes(view[-(len(trailer) + _TRAILER_SLACK) :])
-    return tail.rstrip(_PADDING).endswith(trailer)
+    return not tail.rstrip(_PADDING).endswith(trailer)
 
 
 def _inspect_jpeg(view):
@@ -141,7 +167,7 @@ def _inspect_jpeg(view):
         # Ran out of data before the frame header.
         return ImageInfo("jpeg", None, None, True)
     width, height = size
-    return ImageInfo("jpeg", width, height, not _ends_with(view, _JPEG_TRAILER))
+    return ImageInfo("jpeg", width, height, _is_cut_short(view, "jpeg"))
 
 
 def _jpeg_frame_size(view):
@@ -193,7 +219,7 @@ def _inspect_png(view):
     if header is None:
         return ImageInfo("png", None, None, True)
     length, kind, width, height = struct.unpack(">I4sII", header)
-    truncated = not _ends_with(view, _PNG_TRAILER)
+    truncated = _is_cut_short(view, "png")
     if length != 13 or kind != b"IHDR" or not width or not height:
         return ImageInfo("png", None, None, truncated)
     return ImageInfo("png", width, height, truncated)
@@ -206,7 +232,7 @@ def _inspect_gif(view):
     if screen is None:
         return ImageInfo("gif", None, None, True)
     width, height = struct.unpack("<HH", screen)
-    truncated = not _ends_with(view, _GIF_TRAILER)
+    truncated = _is_cut_short(view, "gif")
     return ImageInfo("gif", width or None, height or None, truncated)
 
 
@@ -241,6 +267,271 @@ def _inspect_bmp(view):
     if width <= 0 or height == 0:
         return ImageInfo("bmp", None, None, truncated)
     return ImageInfo("bmp", width, height, truncated)
+
+
+_INSPECTORS = {
+    "jpeg": _inspect_jpeg,
+    "png": _inspect_png,
+    "gif": _inspect_gif,
+    "bmp": _inspect_bmp,
+}
+
+
+def header_problem(info, max_pixels=DEFAULT_MAX_PIXELS):
+    """Why an image's header refuses it, or `None` when it passes.
+
+    The rules the training data check skips a row by (`check_manifest`);
+    `check_encoded_image` applies them in the serving graph.
+
+    Args:
+        info: the `ImageInfo` from `inspect_image`.
+        max_pixels: the most pixels the header may declare.
+
+    Returns:
+        `None` for a complete image of at most `max_pixels` pixels, else
+        `(reason, detail)`: a reason of `mmzoo.data.manifest.REASONS`
+        (`"undecodable_image"`, `"truncated_image"` or `"image_too_large"`)
+        and what exactly is wrong.
+
+    Example:
+
+    >>> data = tf.io.encode_png(tf.zeros([4, 6, 3], tf.uint8)).numpy()
+    >>> header_problem(inspect_image(data)) is None
+    True
+    >>> header_problem(inspect_image(data), max_pixels=10)
+    ('image_too_large', '6x4 = 24 pixels > max_pixels=10')
+    """
+    if info.format is None:
+        return "undecodable_image", f"not a {_FORMAT_NAMES} image"
+    if info.truncated:
+        return "truncated_image", f"{info.format.upper()} file ends early"
+    if info.width is None or info.height is None:
+        return "undecodable_image", f"unreadable {info.format.upper()} header"
+    if info.width * info.height > max_pixels:
+        return (
+            "image_too_large",
+            f"{info.width}x{info.height} = {info.width * info.height:,} "
+            f"pixels > max_pixels={max_pixels:,}",
+        )
+    return None
+
+
+# === The header check in the graph ===
+
+_UNKNOWN_FORMAT = len(IMAGE_FORMATS)
+
+
+def check_encoded_image(contents, index, max_pixels=DEFAULT_MAX_PIXELS):
+    """`contents`, once its header shows a complete, not too large image.
+
+    The serving graph's header check, in core TensorFlow ops. TensorFlow's
+    decoders fail with messages that do not say which image of a batch is
+    bad, and allocate whatever size a header declares; this check runs
+    first and names the element. It reads the same `IMAGE_FORMATS`, end
+    markers and padding rule as `inspect_image`, so a request is refused for
+    the reasons the training data check skips a row (`header_problem`).
+    Two things are left to the decoder, which refuses them itself: a BMP cut
+    short (its header's sizes, not an end marker, say where it ends) and a
+    header unreadable beyond its size fields.
+
+    Args:
+        contents: a scalar string tensor holding the encoded file.
+        index: the element's position in its batch (an int or int32
+            scalar), named in the messages as `image_bytes[index]`.
+        max_pixels: the most pixels the header may declare (a Python int).
+
+    Returns:
+        `contents`, to be decoded once the checks pass.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when the checks run, for bytes of no
+            supported format ("image_bytes[i] could not be decoded: it is
+            empty or not a JPEG, PNG, GIF or BMP file."), a file without its
+            end marker ("... the PNG file is truncated ...") or too many
+            pixels ("image_bytes[i] is too large to decode: ...").
+
+    Example:
+
+    >>> data = tf.io.encode_png(tf.zeros([4, 6, 3], tf.uint8))
+    >>> check_encoded_image(data, 0).shape
+    TensorShape([])
+    >>> check_encoded_image(data, 3, max_pixels=10)
+    Traceback (most recent call last):
+    ...
+    InvalidArgumentError: ... image_bytes[3] is too large to decode: its
+    header declares 24 pixels, more than max_pixels=10.
+    """
+    if (
+        not isinstance(max_pixels, int)
+        or isinstance(max_pixels, bool)
+        or max_pixels < 1
+    ):
+        raise ValueError(
+            "`max_pixels` must be a positive integer. "
+            f"Received: max_pixels={max_pixels!r}"
+        )
+    contents = tf.convert_to_tensor(contents, tf.string)
+    image_format = _graph_format(contents)
+    known = _failure(
+        tf.not_equal(image_format, _UNKNOWN_FORMAT),
+        index,
+        f"could not be decoded: it is empty or not a {_FORMAT_NAMES} file.",
+    )
+    with tf.control_dependencies([known]):
+        names = tf.constant([name.upper() for name in SUPPORTED_FORMATS] + ["?"])
+        complete = _failure(
+            _graph_is_complete(contents, image_format),
+            index,
+            tf.strings.join(
+                [
+                    "could not be decoded: the ",
+                    tf.gather(names, image_format),
+                    " file is truncated (it ends before its end marker).",
+                ]
+            ),
+        )
+    with tf.control_dependencies([known, complete]):
+        pixels = _graph_declared_pixels(contents, image_format)
+        small = _failure(
+            pixels <= max_pixels,
+            index,
+            tf.strings.join(
+                [
+                    "is too large to decode: its header declares ",
+                    tf.strings.as_string(pixels),
+                    f" pixels, more than max_pixels={max_pixels}.",
+                ]
+            ),
+        )
+    with tf.control_dependencies([known, complete, small]):
+        return tf.identity(contents)
+
+
+def _failure(condition, index, problem):
+    """An assertion whose message names the failing element of the batch."""
+    message = tf.strings.join(
+        ["image_bytes[", tf.strings.as_string(index), "] ", problem]
+    )
+    return tf.debugging.Assert(condition, [message])
+
+
+def _graph_format(contents):
+    """Index of the file's format in `IMAGE_FORMATS`, `_UNKNOWN_FORMAT` if none."""
+    matches = [
+        tf.equal(tf.strings.substr(contents, 0, len(signature)), signature)
+        for _, signature, _ in IMAGE_FORMATS
+    ]
+    # argmax picks the first match; the final `True` catches no match.
+    return tf.argmax(
+        tf.cast(tf.stack([*matches, True]), tf.int32), output_type=tf.int32
+    )
+
+
+def _graph_is_complete(contents, image_format):
+    branches = [
+        (lambda trailer=trailer: _graph_ends_with(contents, trailer))
+        if trailer is not None
+        # A BMP's completeness depends on its header fields; TensorFlow's
+        # decoder checks the size itself ("Input size should be ...").
+        else (lambda: tf.constant(True))
+        for _, _, trailer in IMAGE_FORMATS
+    ]
+    return tf.switch_case(image_format, [*branches, lambda: tf.constant(False)])
+
+
+def _graph_ends_with(contents, trailer):
+    """Whether the file ends with `trailer`, then at most a little padding.
+
+    The rule of `_is_cut_short` (up to `_TRAILER_SLACK` bytes of `_PADDING`),
+    in arithmetic on the bytes rather than a regex: RE2 reads its input as
+    UTF-8, and these bytes are not text.
+    """
+    window = len(trailer) + _TRAILER_SLACK
+    length = tf.strings.length(contents)
+    tail = tf.strings.substr(contents, tf.maximum(length - window, 0), window)
+    values = tf.io.decode_raw(tail, tf.uint8)
+    padding = tf.constant(list(_PADDING), tf.uint8)
+    is_padding = tf.reduce_any(tf.equal(values[:, tf.newaxis], padding), axis=1)
+    # The length of the run of padding at the very end.
+    run = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.reverse(is_padding, [0]), tf.int32)))
+    end = tf.size(values) - run
+    found = tf.equal(
+        tf.strings.substr(tail, tf.maximum(end - len(trailer), 0), len(trailer)),
+        trailer,
+    )
+    return tf.logical_and(end >= len(trailer), found)
+
+
+def _graph_declared_pixels(contents, image_format):
+    """width * height as the header declares it, read without decoding.
+
+    The fields `_inspect_png`, `_inspect_gif` and `_inspect_bmp` read; a
+    JPEG's frame header is found by TensorFlow's own parser.
+    """
+
+    def jpeg():
+        # A core op that reads the frame header only.
+        shape = tf.io.extract_jpeg_shape(contents, output_type=tf.int32)
+        return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+
+    def png():
+        # IHDR: big-endian width and height at bytes 16 and 20.
+        width = _big_endian(_byte_values(contents, 16, 4))
+        height = _big_endian(_byte_values(contents, 20, 4))
+        return width * height
+
+    def gif():
+        # The logical screen: little-endian width and height at bytes 6, 8.
+        width = _little_endian(_byte_values(contents, 6, 2))
+        height = _little_endian(_byte_values(contents, 8, 2))
+        return width * height
+
+    def bmp():
+        header_size = _little_endian(_byte_values(contents, 14, 4))
+        # OS/2 core header: unsigned 16-bit sizes; others: signed 32-bit,
+        # a negative height meaning top-down rows.
+        core = _little_endian(_byte_values(contents, 18, 2)) * _little_endian(
+            _byte_values(contents, 20, 2)
+        )
+        width = _signed32(_little_endian(_byte_values(contents, 18, 4)))
+        height = _signed32(_little_endian(_byte_values(contents, 22, 4)))
+        return tf.where(
+            tf.equal(header_size, _BMP_CORE_HEADER_SIZE), core, tf.abs(width * height)
+        )
+
+    pixels = {"jpeg": jpeg, "png": png, "gif": gif, "bmp": bmp}
+    return tf.switch_case(
+        image_format,
+        [pixels[name] for name in SUPPORTED_FORMATS]
+        + [lambda: tf.constant(0, tf.int64)],
+    )
+
+
+def _byte_values(contents, start, size):
+    """`size` bytes from `start` as int64 values, zero past the end.
+
+    Padding with zeros makes a short file read as zeros instead of failing,
+    so header fields can be read before the file is known to be complete.
+    """
+    padding = tf.constant(b"\0" * size)
+    field = tf.strings.substr(tf.strings.join([contents, padding]), start, size)
+    values = tf.reshape(tf.io.decode_raw(field, tf.uint8), [size])
+    return tf.cast(values, tf.int64)
+
+
+def _big_endian(values):
+    total = tf.constant(0, tf.int64)
+    for value in tf.unstack(values):
+        total = total * 256 + value
+    return total
+
+
+def _little_endian(values):
+    return _big_endian(tf.reverse(values, [0]))
+
+
+def _signed32(value):
+    return tf.where(value >= 2**31, value - 2**32, value)
 
 
 def decode_image(contents):
@@ -283,7 +574,8 @@ def decode_image(contents):
         contents, channels=0, dtype=tf.uint8, expand_animations=False
     )
     image = tf.cast(image, tf.float32)
-    is_bmp = tf.equal(tf.strings.substr(contents, 0, 2), _BMP_SIGNATURE)
+    bmp = _FORMAT["bmp"].signature
+    is_bmp = tf.equal(tf.strings.substr(contents, 0, len(bmp)), bmp)
 
     def gray():
         gray = image[..., 0]
@@ -338,9 +630,7 @@ def _bmp_colour_table(contents):
 
 
 def _uint32_le(contents, offset):
-    field = tf.io.decode_raw(tf.strings.substr(contents, offset, 4), tf.uint8)
-    field = tf.cast(field, tf.int64)
-    value = field[0] + field[1] * 256 + field[2] * 65536 + field[3] * 16777216
+    value = _little_endian(_byte_values(contents, offset, 4))
     # int32 keeps the arithmetic with `tf.strings.substr` positions simple; a
     # BMP header field beyond 2 GiB is not a file TensorFlow decoded anyway.
     return tf.cast(tf.minimum(value, 2**31 - 1), tf.int32)

@@ -1,18 +1,23 @@
-"""Reading manifests (CSV, JSONL, TFRecord) and the label vocabulary.
+"""What a manifest is: its rows, their problems, and the label vocabulary.
 
 A manifest lists examples: the image (a path, relative to the manifest's own
 folder, or absolute), the text and the label. Reading never stops at a bad
 row: each one becomes a `Problem` with its line number and a reason, so a
 run can skip it, count it and say where it is.
 
-This module reads rows only; `mmzoo.data.check` looks inside the images.
+This module is the data model and imports nothing heavy (the task registry
+and `mmzoo list` read it). The layers above it, each importing only those
+below:
+
+- `mmzoo.data.sources`: a reader per format (CSV, JSONL, TFRecord shards)
+  that fills a `Manifest` and knows where its images are; `read_manifest`.
+- `mmzoo.data.check`: looks inside the images (`check_manifest`).
+- `mmzoo.data.tfrecord`: writes checked rows to shards.
+- `mmzoo.data.dataset`: the tf.data pipeline (`make_dataset`).
 """
 
 import collections
-import csv
 import dataclasses
-import io
-import json
 import os
 
 COLUMNS = ("image", "text", "label")
@@ -30,10 +35,11 @@ REASONS = {
     "unknown_label": "the label is not in the label vocabulary",
 }
 
-MANIFEST_SUFFIXES = (".csv", ".jsonl", ".tfrecord")
-
 # 64 megapixels: larger than any camera photo a model is trained on, and
-# about 200 MB once decoded to RGB (Pillow's own bomb limit is 89 Mpx).
+# about 200 MB once decoded to RGB (Pillow's own bomb limit is 89 Mpx). The
+# data check and the exported serving graph both refuse larger images
+# (`mmzoo.data.images`); it lives here, in the light module, because the
+# command line's defaults read it without importing TensorFlow.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 # The fraction of bad rows a run tolerates (skipping them) before failing.
@@ -78,7 +84,9 @@ class Manifest:
 
     Attributes:
         source: the manifest path.
-        format: `"csv"`, `"jsonl"` or `"tfrecord"`.
+        reader: the reader of its format (`mmzoo.data.sources`), which
+            knows where the images are: files beside the manifest, or
+            encoded bytes inside TFRecord records.
         lines: each row's 1-based line number in the manifest.
         images: absolute image paths (`None` for TFRecord rows, whose
             encoded image travels inside the record).
@@ -86,196 +94,77 @@ class Manifest:
         labels: the raw label string of each row (multilabel rows keep
             their `|` separators).
         problems: rows refused while parsing.
-        files: TFRecord shard paths (TFRecord manifests only).
-        records: per row, `(shard index, record index)` (TFRecord only).
-        infos: per row, the image's `ImageInfo` header (TFRecord only).
     """
 
     source: str
-    format: str
+    reader: object
     lines: list = dataclasses.field(default_factory=list)
     images: list = dataclasses.field(default_factory=list)
     texts: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
     problems: list = dataclasses.field(default_factory=list)
-    files: list = dataclasses.field(default_factory=list)
-    records: list = dataclasses.field(default_factory=list)
-    infos: list = dataclasses.field(default_factory=list)
 
     def __len__(self):
         return len(self.lines)
+
+    @property
+    def format(self):
+        """`"csv"`, `"jsonl"` or `"tfrecord"`: the reader's name."""
+        return self.reader.name
 
     @property
     def num_rows(self):
         """Every row the manifest holds, parsed or not."""
         return len(self.lines) + len(self.problems)
 
-    def append(self, line, image, text, label, record=None):
+    def append(self, line, image, text, label):
         self.lines.append(line)
         self.images.append(image)
         self.texts.append(text)
         self.labels.append(label)
-        if record is not None:
-            self.records.append(record)
 
+    def take(self, rows):
+        """A manifest of some of the rows, e.g. a sample to calibrate on.
 
-def read_manifest(path, columns=None):
-    """Read a CSV, JSONL or TFRecord manifest.
+        Args:
+            rows: indices into the columns, in the order to keep (sorted
+                indices keep the manifest's order, and a TFRecord reader
+                streams the records in their own order anyway).
 
-    Args:
-        path: a `.csv` or `.jsonl` file, a `.tfrecord` shard, or a folder of
-            shards written by `mmzoo data to-tfrecord`.
-        columns: optional mapping from mmzoo's column names (`image`,
-            `text`, `label`) to the manifest's, e.g. `{"text": "question"}`.
+        Returns:
+            A `Manifest` of those rows with no `problems`: rows refused
+            while parsing are not rows, so no index selects them.
 
-    Returns:
-        A `Manifest`.
+        Example:
 
-    Raises:
-        ManifestError: the file is missing, is not a manifest, or a CSV
-            header lacks a required column.
+        >>> manifest = read_manifest("train.csv")
+        >>> len(manifest.take([0, 2, 4]))
+        3
+        """
+        rows = [int(row) for row in rows]
 
-    Example:
+        def pick(column):
+            return [column[row] for row in rows]
 
-    >>> manifest = read_manifest("train.csv")
-    >>> manifest.texts[:2]
-    ['a red circle', 'a blue square']
-    """
-    path = os.fspath(path)
-    names = _column_names(columns)
-    if os.path.isdir(path) or path.endswith(".tfrecord"):
-        from mmzoo.data import tfrecord
-
-        return tfrecord.read_tfrecord_manifest(path)
-    if not os.path.isfile(path):
-        raise ManifestError(f"Manifest not found: {path!r}")
-    if path.endswith(".csv"):
-        return _read_csv(path, names)
-    if path.endswith(".jsonl"):
-        return _read_jsonl(path, names)
-    raise ManifestError(
-        f"Cannot tell the format of manifest {path!r}: its name must end in "
-        f"one of {list(MANIFEST_SUFFIXES)}, or it must be a folder of "
-        ".tfrecord shards."
-    )
-
-
-def _column_names(columns):
-    names = dict(zip(COLUMNS, COLUMNS))
-    for key, value in (columns or {}).items():
-        if key not in names:
-            raise ValueError(
-                f"`columns` maps mmzoo's columns {list(COLUMNS)} to yours. "
-                f"Received a mapping for {key!r}."
-            )
-        names[key] = value
-    return names
-
-
-def _read_text_file(path):
-    with open(path, "rb") as file:
-        data = file.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    # surrogateescape keeps undecodable bytes as lone surrogates, so one
-    # bad row is reported (`invalid_utf8`) instead of the file failing.
-    return data.decode("utf-8", errors="surrogateescape")
-
-
-def _resolve(folder, image):
-    if image is None or image == "":
-        return None
-    return os.path.normpath(os.path.join(folder, image))
-
-
-def _read_csv(path, names):
-    manifest = Manifest(source=path, format="csv")
-    folder = os.path.dirname(os.path.abspath(path))
-    reader = csv.reader(io.StringIO(_read_text_file(path), newline=""))
-    header = None
-    start = 1
-    for row in reader:
-        line, start = start, reader.line_num + 1
-        if not row:
-            continue
-        if header is None:
-            header = [name.strip() for name in row]
-            missing = [names[c] for c in COLUMNS if names[c] not in header]
-            if missing:
-                raise ManifestError(
-                    f"{path}:{line}: the header lacks the column(s) "
-                    f"{missing}. Columns found: {header}. mmzoo reads "
-                    f"{list(COLUMNS)} (rename them with `columns=`)."
-                )
-            positions = {c: header.index(names[c]) for c in COLUMNS}
-            continue
-        if len(row) != len(header):
-            manifest.problems.append(
-                Problem(
-                    line,
-                    "malformed_row",
-                    f"{len(row)} fields where the header has {len(header)}",
-                    path,
-                )
-            )
-            continue
-        values = {c: row[positions[c]] for c in COLUMNS}
-        manifest.append(
-            line,
-            _resolve(folder, values["image"].strip()),
-            values["text"],
-            values["label"].strip() or None,
+        return dataclasses.replace(
+            self,
+            reader=self.reader.take(rows),
+            lines=pick(self.lines),
+            images=pick(self.images),
+            texts=pick(self.texts),
+            labels=pick(self.labels),
+            problems=[],
         )
-    if header is None:
-        raise ManifestError(f"{path}: the manifest is empty (no header row).")
-    return manifest
-
-
-def _read_jsonl(path, names):
-    manifest = Manifest(source=path, format="jsonl")
-    folder = os.path.dirname(os.path.abspath(path))
-    for line, text in enumerate(_read_text_file(path).split("\n"), start=1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            manifest.problems.append(
-                Problem(line, "malformed_row", f"not JSON: {error}", path)
-            )
-            continue
-        if not isinstance(row, dict):
-            manifest.problems.append(
-                Problem(
-                    line,
-                    "malformed_row",
-                    f"a JSON {type(row).__name__}, not an object",
-                    path,
-                )
-            )
-            continue
-        image = row.get(names["image"])
-        label = row.get(names["label"])
-        if isinstance(label, list):
-            label = LABEL_SEPARATOR.join(str(item) for item in label)
-        elif label is not None and not isinstance(label, str):
-            label = str(label)
-        text_value = row.get(names["text"])
-        manifest.append(
-            line,
-            _resolve(folder, image) if isinstance(image, str) else None,
-            text_value if isinstance(text_value, str) else None,
-            (label.strip() or None) if label is not None else None,
-        )
-    return manifest
 
 
 def row_problems(manifest, index):
     """Problems with a row's own fields (not its image file)."""
     line, source = manifest.lines[index], manifest.source
     problems = []
+    # Where images travel inside the records, rows have no image column.
+    image = "" if manifest.reader.images_inside else manifest.images[index]
     for column, value in (
-        ("image", manifest.images[index] if manifest.format != "tfrecord" else ""),
+        ("image", image),
         ("text", manifest.texts[index]),
         ("label", manifest.labels[index]),
     ):
@@ -420,3 +309,16 @@ class LabelVocabulary:
         """The parts of a raw label string that the vocabulary lacks."""
         parts = split_labels(label) if multilabel else [label]
         return [part for part in parts if part not in self._index]
+
+
+def __getattr__(name):
+    # `read_manifest` lives in `mmzoo.data.sources`, above this module. The
+    # old import path still answers, without importing the readers until it
+    # is used, for the importers not yet moved (mmzoo.training.trainer,
+    # mmzoo.training.demo, mmzoo.export.tflite.calibration_examples); this
+    # module itself never calls them.
+    if name == "read_manifest":
+        from mmzoo.data.sources import read_manifest
+
+        return read_manifest
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,7 +39,6 @@ Quantisations (`quantize=`):
 far it is from the Keras model on real examples.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -363,20 +362,7 @@ def _sample_rows(manifest, count, seed=0):
     if len(manifest) <= count:
         return manifest
     rows = np.sort(np.random.default_rng(seed).choice(len(manifest), count, False))
-
-    def pick(column):
-        return [column[row] for row in rows] if column else column
-
-    return dataclasses.replace(
-        manifest,
-        lines=pick(manifest.lines),
-        images=pick(manifest.images),
-        texts=pick(manifest.texts),
-        labels=pick(manifest.labels),
-        records=pick(manifest.records),
-        infos=pick(manifest.infos),
-        problems=[],
-    )
+    return manifest.take(rows)
 
 
 def _single_examples(batches, names):
