@@ -318,7 +318,7 @@ def run(args, backend, argv):
                 )
             else:
                 rows = throughput.measure_group(group, **arguments)
-            for config, row in zip(group, rows):
+            for config, row in zip(group, rows, strict=True):
                 row["group"] = number
                 if plan["memory"] == "isolated" and "error" not in row:
                     alone = throughput.measure_memory(config, plan["warmup"])

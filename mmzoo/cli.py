@@ -30,13 +30,14 @@ def _list(args):
     for key in chosen:
         title, lister = sections[key]
         names = lister(args.pattern)
+        width = max((len(name) for name in names), default=0) + 2
         print(f"{title}: {len(names)}")
         for name in names:
             entry = tables[key][name]
             description = (
                 entry["description"] if isinstance(entry, dict) else entry.description
             )
-            print(f"  {name:<44} {description}")
+            print(f"  {name:<{width}} {description}")
         print()
     return 0
 
@@ -161,7 +162,7 @@ def _predict(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
     if "labels" in result:
-        for label, score in zip(result["labels"], result["scores"]):
+        for label, score in zip(result["labels"], result["scores"], strict=True):
             print(f"{score:8.4f}  {label}")
     else:
         print("predictions:", result["predictions"])
@@ -223,6 +224,11 @@ def _demo(args):
     )
 
 
+def _names(names):
+    # Validated with the configuration, which suggests close names.
+    return "one of: " + ", ".join(names)
+
+
 def _add_train_arguments(parser):
     from mmzoo.training.config import STRATEGIES
 
@@ -233,9 +239,9 @@ def _add_train_arguments(parser):
     add("--val", metavar="M", help="validation manifest", **keep)
     add("--test", metavar="M", help="test manifest", **keep)
     add("--out", metavar="RUN_DIR", help="the run folder to write", **keep)
-    add("--image-tower", **keep)
-    add("--text-tower", **keep)
-    add("--fusion", **keep)
+    add("--image-tower", help=_names(registry.list_image_towers()), **keep)
+    add("--text-tower", help=_names(registry.list_text_towers()), **keep)
+    add("--fusion", help=_names(registry.list_fusions()), **keep)
     add("--task", choices=registry.list_tasks(), **keep)
     add("--image-size", type=int, metavar="N", **keep)
     add("--max-tokens", type=int, metavar="N", **keep)
@@ -290,8 +296,31 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"mmzoo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    for add_command in (
+        _add_list_command,
+        _add_data_commands,
+        _add_train_command,
+        _add_evaluate_command,
+        _add_predict_command,
+        _add_export_command,
+        _add_demo_command,
+    ):
+        add_command(commands)
+    # Parsed by benchmarks/suite.py itself (see `main`); listed here for
+    # `mmzoo --help`.
+    commands.add_parser(
+        "benchmark",
+        add_help=False,
+        help="throughput, fusion overhead, pipeline, serving and TFLite latency "
+        "(mmzoo benchmark --help)",
+    )
+    return parser
 
-    listing = commands.add_parser("list", help="list presets, towers and fusions")
+
+def _add_list_command(commands):
+    listing = commands.add_parser(
+        "list", help="list presets, towers, fusions and tasks"
+    )
     listing.add_argument(
         "what",
         nargs="?",
@@ -303,10 +332,11 @@ def build_parser():
     )
     listing.set_defaults(run=_list)
 
+
+def _add_data_commands(commands):
     # These modules import no TensorFlow: `mmzoo list` stays quick.
     from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
     from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
-    from mmzoo.export.tflite import QUANTIZATIONS
 
     data = commands.add_parser("data", help="check and convert manifests")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
@@ -358,6 +388,8 @@ def build_parser():
     vqa.add_argument("--out", help="folder (default ~/.cache/mmzoo/easy_vqa)")
     vqa.set_defaults(run=_data_easy_vqa)
 
+
+def _add_train_command(commands):
     training = commands.add_parser(
         "train",
         help="train a model on a manifest and write a run folder",
@@ -368,6 +400,8 @@ def build_parser():
     _add_train_arguments(training)
     training.set_defaults(run=_train)
 
+
+def _add_evaluate_command(commands):
     evaluation = commands.add_parser(
         "evaluate", help="metrics of a trained model on a manifest"
     )
@@ -377,6 +411,8 @@ def build_parser():
     evaluation.add_argument("--batch-size", type=int, default=64)
     evaluation.set_defaults(run=_evaluate)
 
+
+def _add_predict_command(commands):
     prediction = commands.add_parser(
         "predict", help="top-k labels for one image and one text"
     )
@@ -385,6 +421,10 @@ def build_parser():
     prediction.add_argument("--text", required=True)
     prediction.add_argument("--top-k", type=int, default=5)
     prediction.set_defaults(run=_predict)
+
+
+def _add_export_command(commands):
+    from mmzoo.export.tflite import QUANTIZATIONS
 
     export = commands.add_parser(
         "export",
@@ -412,6 +452,8 @@ def build_parser():
     )
     export.set_defaults(run=_export)
 
+
+def _add_demo_command(commands):
     demo = commands.add_parser(
         "demo",
         help="the main job: fusions vs unimodal baselines on easy-VQA",
@@ -430,16 +472,6 @@ def build_parser():
         "--no-export", action="store_true", help="skip the SavedModel/TFLite export"
     )
     demo.set_defaults(run=_demo)
-
-    # Parsed by benchmarks/suite.py itself (see `main`); listed here for
-    # `mmzoo --help`.
-    commands.add_parser(
-        "benchmark",
-        add_help=False,
-        help="throughput, fusion overhead, pipeline, serving and TFLite latency "
-        "(mmzoo benchmark --help)",
-    )
-    return parser
 
 
 def main(argv=None):

@@ -365,13 +365,6 @@ PRESETS = MappingProxyType(
             "fusion": "gated",
             "image_size": 64,
         },
-        "small_cnn_bow_film": {
-            "description": "Small CNN + bag of words, FiLM (text modulates image).",
-            "image_tower": "small_cnn",
-            "text_tower": "bow",
-            "fusion": "film",
-            "image_size": 64,
-        },
         "small_cnn_transformer_cross_attention": {
             "description": "Small CNN grid + transformer tokens, co-attention.",
             "image_tower": "small_cnn",

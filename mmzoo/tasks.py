@@ -213,7 +213,9 @@ class Multilabel(Task):
         for _ in range(count):
             chosen = rng.random(len(names)) < 0.5
             chosen[rng.integers(len(names))] = True
-            rows.append(LABEL_SEPARATOR.join(n for n, c in zip(names, chosen) if c))
+            rows.append(
+                LABEL_SEPARATOR.join(n for n, c in zip(names, chosen, strict=True) if c)
+            )
         return rows
 
     def agreement(self, first, second):

@@ -201,14 +201,18 @@ def _write(folder, rows, fmt, malformed=True):
     return path, expected
 
 
-def clean_manifest(folder, rows=12, fmt="csv", size=(20, 28), seed=0):
-    """A manifest of good rows only: RGB PNGs, simple texts, 3 labels."""
+def clean_manifest(folder, rows=12, fmt="csv", size=(20, 28), seed=0, labels=None):
+    """A manifest of good rows only: RGB PNGs, simple texts, 3 labels.
+
+    `labels`: one raw label per row instead (e.g. a task's
+    `example_labels`), for multilabel or regression manifests.
+    """
     folder = os.fspath(folder)
     entries = []
     for index in range(rows):
         name = f"images/img_{index}.png"
         write_image(os.path.join(folder, name), *size, seed=seed + index)
-        label = LABELS[index % 3]
+        label = LABELS[index % 3] if labels is None else labels[index]
         entries.append((name, f"is this a {label} number {index}", label, None))
     path, _ = _write(folder, entries, fmt, malformed=False)
     return path

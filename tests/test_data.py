@@ -118,10 +118,7 @@ def test_each_format_has_a_reader_that_knows_where_images_are(clean, tmp_path):
     assert shards.format == "tfrecord" and shards.reader.images_inside
     assert shards.images == [None] * 12
     assert shards.texts == manifest.texts and shards.lines == manifest.lines
-    # The old import path still reads manifests.
-    from mmzoo.data.manifest import read_manifest as old_path
-
-    assert old_path is sources.read_manifest
+    assert read_manifest is sources.read_manifest
 
 
 def test_take_keeps_the_chosen_rows(messy):
@@ -149,7 +146,7 @@ def test_a_sample_of_tfrecord_rows_streams_its_own_records(clean, tokenizer, tmp
     expected = examples(read_manifest(clean).take(rows))
     sampled = examples(read_manifest(tmp_path / "shards").take(rows))
     assert len(sampled[2]) == len(rows)
-    for a, b in zip(expected, sampled):
+    for a, b in zip(expected, sampled, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -161,17 +158,9 @@ def test_data_modules_import_each_other_one_way():
     depends = {}
     for module in modules:
         tree = ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))
-        forwarders = [
-            node
-            for node in tree.body
-            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
-        ]
-        # A module `__getattr__` that forwards a moved name for old importers
-        # is not something the module uses.
-        skipped = {id(node) for f in forwarders for node in ast.walk(f)}
         depends[module] = set()
         for node in ast.walk(tree):
-            if id(node) in skipped or not isinstance(node, ast.ImportFrom):
+            if not isinstance(node, ast.ImportFrom):
                 continue
             if node.module == "mmzoo.data":
                 names = {alias.name for alias in node.names}
@@ -344,11 +333,13 @@ def test_seeded_pipelines_repeat_and_seeds_differ(clean, tokenizer):
 
     for augment in (False, True):
         first, second = batches(1, augment), batches(1, augment)
-        for a, b in zip(first, second):
-            for x, y in zip(a, b):
+        for a, b in zip(first, second, strict=True):
+            for x, y in zip(a, b, strict=True):
                 np.testing.assert_array_equal(x, y)
     other = batches(2)
-    assert any(not np.array_equal(a[2], b[2]) for a, b in zip(batches(1), other))
+    assert any(
+        not np.array_equal(a[2], b[2]) for a, b in zip(batches(1), other, strict=True)
+    )
 
 
 def test_epochs_reshuffle_deterministically(clean, tokenizer):
@@ -379,8 +370,26 @@ def test_memory_and_file_caches_give_the_same_examples(clean, tokenizer, tmp_pat
 
     plain = examples()
     for cached in (examples(cache="memory"), examples(cache=str(tmp_path / "c"))):
-        for a, b in zip(plain, cached):
+        for a, b in zip(plain, cached, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_cache_is_read_back(tokenizer, tmp_path):
+    manifest = data_fixtures.clean_manifest(tmp_path / "data", rows=6)
+    cache = str(tmp_path / "cache")
+    dataset = make_dataset(
+        manifest, tokenizer, 16, batch_size=6, training=False, cache=cache
+    )
+    first = first_batches(dataset, 1)[0]
+    assert os.path.isfile(cache + ".index")
+    # New pixels in every file: only the cache can give the old ones back.
+    for path in read_manifest(manifest).images:
+        data_fixtures.write_image(path, 20, 28, seed=99)
+    again = first_batches(dataset, 1)[0]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    fresh = make_dataset(manifest, tokenizer, 16, batch_size=6, training=False)
+    assert not np.array_equal(first_batches(fresh, 1)[0][0], first[0])
 
 
 def test_pad_resize_keeps_the_aspect_ratio(tmp_path, tokenizer):
@@ -541,7 +550,7 @@ def test_tfrecord_round_trip_gives_the_same_examples(messy, tokenizer, tmp_path)
 
     from_manifest = examples(path, max_pixels=MAX_PIXELS, max_bad_fraction=0.5)
     from_shards = examples(tmp_path / "shards")
-    for a, b in zip(from_manifest, from_shards):
+    for a, b in zip(from_manifest, from_shards, strict=True):
         np.testing.assert_array_equal(a, b)
     # Shuffled training reads every row once per epoch.
     dataset = make_dataset(tmp_path / "shards", tokenizer, 24, seed=0, batch_size=7)

@@ -319,9 +319,7 @@ def test_signature_contract(loaded, run, images):
         "tokens": rng.integers(0, run.tokenizer.vocab_size, (3, 8)).astype("int32"),
     }
     result = {k: v.numpy() for k, v in tensors(**features).items()}
-    expected = {
-        k: np.asarray(v) for k, v in run.explained_model()(features).items()
-    }
+    expected = {k: np.asarray(v) for k, v in run.explained_model()(features).items()}
     assert sorted(result) == ["modality_weights", "probabilities"]
     assert sorted(result) == sorted(expected)
     assert max_difference(result, expected, list(expected)) <= 1e-5

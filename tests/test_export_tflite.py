@@ -181,7 +181,7 @@ def test_app_path_from_raw_image_and_text(trained, exports):
     runner = Interpreter(model_path=exports["none"]["path"]).get_signature_runner()
     rows = read_manifest(manifest)
     texts = [rows.texts[0], "IS this a SQUARE?", "an unseen question"]
-    for path, text in zip(rows.images[:3], texts):
+    for path, text in zip(rows.images[:3], texts, strict=True):
         with open(path, "rb") as file:
             pixels = load_image(file.read(), 32).numpy()
         image = pixels[np.newaxis].astype("float32")

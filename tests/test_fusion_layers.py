@@ -217,7 +217,9 @@ def test_weighted_sum_fixed_lambdas_by_hand():
     inputs = pooled_inputs()
     layer = WeightedSumFusion(units=UNITS, modality_weights=[0.7, 0.3])
     fused, weights = numpy_of(layer(inputs))
-    first, second = (dense_of(p, x) for p, x in zip(layer.projections, inputs))
+    first, second = (
+        dense_of(p, x) for p, x in zip(layer.projections, inputs, strict=True)
+    )
     np.testing.assert_allclose(fused, 0.7 * first + 0.3 * second, atol=1e-5)
     np.testing.assert_allclose(weights, np.tile([0.7, 0.3], (BATCH, 1)), atol=1e-7)
     assert not any(w.path.endswith("modality_logits") for w in layer.weights)
@@ -230,7 +232,9 @@ def test_weighted_sum_learned_lambdas_by_hand():
     layer.logits.assign([0.4, -0.9])
     fused, _ = numpy_of(layer(inputs))
     lam = softmax(np.array([0.4, -0.9]))
-    first, second = (dense_of(p, x) for p, x in zip(layer.projections, inputs))
+    first, second = (
+        dense_of(p, x) for p, x in zip(layer.projections, inputs, strict=True)
+    )
     np.testing.assert_allclose(fused, lam[0] * first + lam[1] * second, atol=1e-5)
 
 
@@ -257,7 +261,11 @@ def test_modality_attention_by_hand():
     layer = ModalityAttentionFusion(units=UNITS)
     fused, weights = numpy_of(layer(inputs))
     hidden = np.stack(
-        [np.tanh(dense_of(p, x)) for p, x in zip(layer.projections, inputs)], axis=1
+        [
+            np.tanh(dense_of(p, x))
+            for p, x in zip(layer.projections, inputs, strict=True)
+        ],
+        axis=1,
     )
     kernel = np.asarray(layer.score.get_weights()[0])
     scores = (np.tanh(dense_of(layer.score_hidden, hidden)) @ kernel)[..., 0]
@@ -301,7 +309,7 @@ def test_late_fusion_combines_per_modality_logits(combine):
     output = numpy_of(layer(inputs))
     logits = [
         dense_of(head, np.maximum(dense_of(hidden, x), 0))
-        for hidden, head, x in zip(layer.hidden, layer.heads, inputs)
+        for hidden, head, x in zip(layer.hidden, layer.heads, inputs, strict=True)
     ]
     if combine == "average":
         expected = (logits[0] + logits[1]) / 2

@@ -310,14 +310,14 @@ def test_load_image_in_tf_data_and_tf_function_matches_eager(files):
     dataset = tf.data.Dataset.from_tensor_slices(contents)
     dataset = dataset.map(lambda data: load_image(data, 16, resize="pad"))
     assert dataset.element_spec == tf.TensorSpec([16, 16, 3], tf.uint8)
-    for image, expected in zip(dataset, eager):
+    for image, expected in zip(dataset, eager, strict=True):
         np.testing.assert_array_equal(image, expected)
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
     def serve(data):
         return load_image(data, 16, resize="pad")
 
-    for data, expected in zip(contents, eager):
+    for data, expected in zip(contents, eager, strict=True):
         np.testing.assert_array_equal(serve(tf.constant(data)), expected)
 
 
@@ -663,11 +663,14 @@ def test_augment_with_everything_off_is_identity():
 def test_augment_options_draw_independently():
     # Turning brightness on must not change whether the image is flipped.
     image = np.broadcast_to(np.arange(WIDTH)[:, None] + 100.0, (HEIGHT, WIDTH, 3))
+    outcomes = set()
     for i in range(8):
         flip_only = augment_image(image, [i, 1]).numpy()
         with_brightness = augment_image(image, [i, 1], brightness=0.1).numpy()
         flipped = flip_only[0, 0, 0] > flip_only[0, -1, 0]
         assert (with_brightness[0, 0, 0] > with_brightness[0, -1, 0]) == flipped
+        outcomes.add(bool(flipped))
+    assert outcomes == {True, False}  # the seeds do flip some and not others
 
 
 def test_augment_in_a_seeded_tf_data_pipeline():
@@ -683,6 +686,9 @@ def test_augment_in_a_seeded_tf_data_pipeline():
     second = [image.numpy() for image in dataset]
     np.testing.assert_array_equal(first, second)
     assert first[0].shape == (HEIGHT, WIDTH, 3)
+    # It augments: every output differs from its input.
+    for original, augmented in zip(images.numpy(), first, strict=True):
+        assert np.abs(original - augmented).max() > 1.0
 
 
 @pytest.mark.parametrize(

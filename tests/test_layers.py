@@ -299,6 +299,11 @@ def test_modality_dropout_seed_is_reproducible():
     second = numpy_of(ModalityDropout(0.5, seed=11)([images, tokens], training=True))
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+    # It did blank rows, and another seed blanks others.
+    blanked = np.all(first[0] == 0, axis=(1, 2, 3)) | np.all(first[1] == 0, axis=1)
+    assert 50 < blanked.sum() < 150
+    other = numpy_of(ModalityDropout(0.5, seed=12)([images, tokens], training=True))
+    assert not np.array_equal(first[0], other[0])
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])

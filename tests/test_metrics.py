@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import subprocess
 import sys
 
 import keras
@@ -92,7 +93,7 @@ def test_random_example_matches_a_loop_based_computation():
     y_pred = [max(range(num_classes), key=lambda c: row[c]) for row in y_score]
     f1s, supports = [], []
     for c, name in enumerate(labels):
-        pairs = list(zip(y_true, y_pred))
+        pairs = list(zip(y_true, y_pred, strict=True))
         tp = sum(1 for t, p in pairs if t == c and p == c)
         predicted = sum(1 for _, p in pairs if p == c)
         actual = sum(1 for t, _ in pairs if t == c)
@@ -111,14 +112,17 @@ def test_random_example_matches_a_loop_based_computation():
             count = sum(1 for t, q in pairs if t == c and q == p)
             assert metrics["confusion_matrix"][c][p] == count
 
-    hits = sum(1 for t, p in zip(y_true, y_pred) if t == p)
+    hits = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p)
     assert metrics["accuracy"] == pytest.approx(hits / n)
     assert metrics["macro_f1"] == pytest.approx(sum(f1s) / num_classes)
-    weighted = sum(f * s for f, s in zip(f1s, supports)) / n
+    weighted = sum(f * s for f, s in zip(f1s, supports, strict=True)) / n
     assert metrics["weighted_f1"] == pytest.approx(weighted)
     for k in (3, 5):
         ranked = [sorted(range(num_classes), key=lambda c: -row[c]) for row in y_score]
-        top = sum(1 for t, order in zip(y_true, ranked) if t in order[:k]) / n
+        top = (
+            sum(1 for t, order in zip(y_true, ranked, strict=True) if t in order[:k])
+            / n
+        )
         assert metrics["top_k_accuracy"][str(k)] == pytest.approx(top)
 
 
@@ -483,10 +487,21 @@ def test_plot_confusion_matrix_with_13_classes(tmp_path):
 
 
 def test_plots_never_import_pyplot(tmp_path):
-    imported_before = "matplotlib.pyplot" in sys.modules
-    plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b"], tmp_path / "m.png")
-    plot_history({"loss": [1.0]}, tmp_path / "h.png")
-    assert imported_before or "matplotlib.pyplot" not in sys.modules
+    # A fresh process: another test in this one may have imported pyplot.
+    matrix, history = str(tmp_path / "m.png"), str(tmp_path / "h.png")
+    code = (
+        "import sys\n"
+        "from mmzoo.training.plots import plot_confusion_matrix, plot_history\n"
+        f"plot_confusion_matrix([[1, 0], [0, 1]], ['a', 'b'], {matrix!r})\n"
+        f"plot_history({{'loss': [1.0]}}, {history!r})\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "m.png").is_file() and (tmp_path / "h.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -224,7 +224,9 @@ def test_bert_model_trains_and_round_trips(bert_preset, fusion, tmp_path):
     assert len(encoder_weights) > 30
     with tf.GradientTape() as tape:
         loss = loss_of(model, inputs, labels)
-    for weight, gradient in zip(encoder_weights, tape.gradient(loss, encoder_weights)):
+    for weight, gradient in zip(
+        encoder_weights, tape.gradient(loss, encoder_weights), strict=True
+    ):
         assert gradient is not None, weight.path
         assert np.any(keras.ops.convert_to_numpy(gradient) != 0), weight.path
     # BERT's embeddings start at stddev 0.02 and feed a layer norm, so the

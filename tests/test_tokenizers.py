@@ -125,7 +125,7 @@ def test_twins_agree_on_every_code_point():
         for start in range(0, len(code_points), 4000)
     ]
     split = WordTokenizer(["[PAD]", "[UNK]"]).split_words(tf.constant(texts))
-    for text, tokens in zip(texts, split.to_list()):
+    for text, tokens in zip(texts, split.to_list(), strict=True):
         assert [token.decode() for token in tokens] == split_words(text)
 
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import mmzoo
-from mmzoo.registry import IMAGE_TOWERS
 from mmzoo.towers import build_image_tower
 from mmzoo.towers import build_text_tower
 
@@ -13,9 +12,8 @@ from mmzoo.towers import build_text_tower
 @pytest.mark.parametrize(
     "name, expected", [("vgg16", 14_714_688), ("resnet50", 23_587_712)]
 )
-@pytest.mark.parametrize("pooling", ["avg", None])
-def test_parameter_counts_match_keras_applications(name, expected, pooling):
-    tower = build_image_tower(name, image_size=64, pooling=pooling)
+def test_parameter_counts_match_keras_applications(name, expected):
+    tower = build_image_tower(name, image_size=64)
     assert tower.count_params() == expected
 
 
@@ -62,7 +60,8 @@ def test_pooling_is_validated():
 @pytest.mark.parametrize("size", [32, 45])
 def test_any_image_size_of_at_least_32(name, size):
     tower = build_image_tower(name, image_size=size)
-    assert tower(np.zeros((1, size, size, 3), "float32")).shape[0] == 1
+    features = tower(np.zeros((1, size, size, 3), "float32"))
+    assert tuple(features.shape) == (1, tower.output.shape[-1])
 
 
 def test_image_size_below_32_is_refused():
@@ -110,10 +109,6 @@ def test_fine_tune_only_top_layers():
     assert not any(flags[:-5])
     expected = sum(len(layer.trainable_weights) for layer in backbone.layers[-5:])
     assert len(tower.trainable_weights) == expected > 0
-
-
-def test_every_listed_image_tower_is_buildable_by_name():
-    assert mmzoo.list_image_towers() == sorted(IMAGE_TOWERS)
 
 
 def _padded(rows, length):

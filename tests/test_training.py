@@ -11,12 +11,16 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from harness import run_export_test
 
 import mmzoo
+from mmzoo import registry
+from mmzoo.data.sources import read_manifest
 from mmzoo.runs import load_run
 from mmzoo.runs import predict
 from mmzoo.training import trainer
 from mmzoo.training.config import ConfigError
+from mmzoo.training.evaluation import evaluate
 
 TINY = {
     "image_size": 32,
@@ -90,7 +94,11 @@ def test_cli_train_evaluate_predict(manifest, tmp_path):
     evaluation = mmzoo_cli("evaluate", run, "--data", manifest)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     metrics = json.loads((run / "evaluation_manifest.json").read_text())
-    assert metrics["examples"] == 12 and 0 <= metrics["accuracy"] <= 1
+    # best.keras on the test manifest, which is this one: the same figures.
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    assert metrics["examples"] == 12
+    assert metrics["accuracy"] == trained["accuracy"]
+    assert metrics["confusion_matrix"] == trained["confusion_matrix"]
 
     image = os.path.join(os.path.dirname(manifest), "images", "img_0.png")
     prediction = mmzoo_cli(
@@ -99,8 +107,47 @@ def test_cli_train_evaluate_predict(manifest, tmp_path):
     assert prediction.returncode == 0, prediction.stderr[-3000:]
     lines = prediction.stdout.strip().splitlines()
     assert len(lines) == 3 and lines[2].startswith("modality weights: image")
-    labels = {line.split()[1] for line in lines[:2]}
-    assert labels <= set(data_fixtures.LABELS)
+    scores = [float(line.split()[0]) for line in lines[:2]]
+    labels = [line.split()[1] for line in lines[:2]]
+    assert len(set(labels)) == 2 and set(labels) <= set(data_fixtures.LABELS)
+    assert scores == sorted(scores, reverse=True)
+    weights = [float(value.strip(",")) for value in lines[2].split()[3::2]]
+    assert sum(weights) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("task", sorted(registry.TASKS))
+def test_every_task_trains_evaluates_predicts_and_exports(task, tmp_path):
+    task = mmzoo.get_task(task)
+    raw = task.example_labels(12, data_fixtures.LABELS, seed=1)
+    manifest = data_fixtures.clean_manifest(tmp_path / "data", rows=12, labels=raw)
+    result = trainer.train(
+        train=manifest,
+        val=manifest,
+        test=manifest,
+        task=task.name,
+        fusion="gated",
+        epochs=2,
+        out=tmp_path / "run",
+        verbose=0,
+        **TINY,
+    )
+    run = load_run(tmp_path / "run")
+    assert run.task is task and (run.labels is not None) is task.classes
+    # `evaluate` on the test manifest gives the run's own test figures.
+    evaluated, path = evaluate(run, manifest)
+    tested = result["metrics"]["test"]
+    assert {k: v for k, v in evaluated.items() if k in tested} == tested
+    assert json.loads(open(path).read())["examples"] == 12
+
+    rows = read_manifest(manifest)
+    answer = predict(run, rows.images[0], rows.texts[0], top_k=2)
+    assert sum(answer["modality_weights"].values()) == pytest.approx(1.0, abs=1e-3)
+    if task.classes:
+        assert set(answer["labels"]) <= set(run.labels.names)
+        assert answer["scores"] == sorted(answer["scores"], reverse=True)
+    else:
+        assert len(answer["predictions"]) == len(raw[0].split("|"))
+    run_export_test(run, rows.images[:4], rows.texts[:4], tmp_path / "export")
 
 
 def test_metrics_match_a_direct_computation(manifest, tmp_path):
@@ -140,6 +187,15 @@ def test_metrics_match_a_direct_computation(manifest, tmp_path):
     assert saved["parameters"] == run.model.count_params()
 
 
+def _features(run):
+    """One tiny batch of model inputs for a run."""
+    size, length = run.image_size, run.model.input["tokens"].shape[1]
+    return {
+        "image": np.zeros((1, size, size, 3), "float32"),
+        "tokens": np.ones((1, length), "int32"),
+    }
+
+
 class _Interrupt(keras.callbacks.Callback):
     """Stops a run after an epoch, as a kill would (the backup is saved)."""
 
@@ -165,7 +221,7 @@ def test_resume_ends_where_an_uninterrupted_run_would(manifest, tmp_path):
 
     whole = mmzoo.load_model(tmp_path / "whole" / "model.keras")
     resumed = mmzoo.load_model(tmp_path / "cut" / "model.keras")
-    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     epochs = [
         line.split(",")[0]
@@ -254,7 +310,9 @@ def test_configuration_errors_name_the_key(manifest, tmp_path):
         trainer.train(train=manifest, out=tmp_path / "a", fusion="gatd")
     with pytest.raises(ConfigError, match=r"`epochs` must be a positive integer"):
         trainer.train(train=manifest, out=tmp_path / "a", epochs=0)
-    with pytest.raises(ConfigError, match="`train`"):
+    with pytest.raises(
+        ConfigError, match=r"`train` \(a training manifest\) is required"
+    ):
         trainer.train(out=tmp_path / "a")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file").write_text("x")
@@ -282,11 +340,24 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2
 )
-from mmzoo.training import trainer
+from mmzoo.training import distributed, trainer
+
+replicas = []
+make_strategy = distributed.make_strategy
+
+
+def recording(name):
+    strategy = make_strategy(name)
+    replicas.append(strategy.num_replicas_in_sync)
+    return strategy
+
+
+distributed.make_strategy = recording
 result = trainer.train(
     train=sys.argv[1], val=sys.argv[1], out=sys.argv[2], strategy="mirrored",
     epochs=2, image_size=32, max_tokens=8, batch_size=4, verbose=0,
 )
+print("replicas", replicas)
 print("accuracy", result["metrics"]["val"]["accuracy"])
 """
 
@@ -300,8 +371,10 @@ def test_mirrored_strategy_on_two_logical_cpus(manifest, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "accuracy" in result.stdout
+    assert "replicas [2]" in result.stdout.splitlines()
     assert (tmp_path / "run" / "best.keras").is_file()
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3
 
 
 def _free_ports(count):
@@ -356,7 +429,7 @@ def test_multiworker_cli_run_on_two_processes(manifest, tmp_path):
     finally:
         for process in processes:
             process.kill()
-    for process, (_, stderr) in zip(processes, outputs):
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
     run = tmp_path / "run"
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
@@ -365,6 +438,7 @@ def test_multiworker_cli_run_on_two_processes(manifest, tmp_path):
 
 
 def test_demo_quick(tmp_path, monkeypatch):
+    from mmzoo.apps.demo import BASELINES
     from mmzoo.apps.demo import MODELS
     from mmzoo.apps.demo import run_demo
 
@@ -374,8 +448,15 @@ def test_demo_quick(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(summary["models"]) == list(MODELS)
     for name, row in summary["models"].items():
-        assert 0 <= row["accuracy"] <= 1 and row["parameters"] > 0
+        # Each row is its run's own figures.
+        saved = json.loads((tmp_path / "demo" / name / "metrics.json").read_text())
+        assert row["accuracy"] == saved["test"]["accuracy"]
+        assert row["parameters"] == saved["parameters"] > 0
         assert (tmp_path / "demo" / name / "confusion_matrix.png").is_file()
+    fused = {k: v for k, v in summary["models"].items() if k not in BASELINES}
+    assert summary["best_fusion"] == max(fused, key=lambda k: fused[k]["accuracy"])
+    assert summary["best_accuracy"] == fused[summary["best_fusion"]]["accuracy"]
+    assert isinstance(summary["target_met"], bool)
     table = (tmp_path / "demo" / "results.md").read_text()
     assert "| bilinear |" in table and "Best fusion:" in table
     export = summary["export"]
@@ -402,26 +483,40 @@ def test_mixed_precision_run(manifest, tmp_path):
     assert keras.config.dtype_policy().name == policy.name
     run = load_run(tmp_path / "run")
     assert run.model.get_layer("logits").dtype_policy.name == "mixed_float16"
-    assert np.isfinite(result["metrics"]["val"]["accuracy"])
+    assert run.model(_features(run))["probabilities"].dtype == "float32"
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    losses = [float(row.split(",")[1]) for row in history[1:]]
+    assert len(losses) == 1 and np.isfinite(losses).all()
+    assert result["metrics"]["val"]["examples"] == 12
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["mixed_precision"] is True
 
 
-def test_xla_run(manifest, tmp_path):
+class _JitProbe(keras.callbacks.Callback):
+    """Records whether the compiled train step really uses XLA."""
+
+    def on_train_begin(self, logs=None):
+        self.jit_compile = self.model.jit_compile
+
+
+@pytest.mark.parametrize("xla", [True, False])
+def test_xla_run(manifest, tmp_path, xla):
     # text_only keeps the XLA compilation short on CPU.
-    result = trainer.train(
+    probe = _JitProbe()
+    trainer.train(
         train=manifest,
         epochs=1,
-        xla=True,
+        xla=xla,
         fusion="text_only",
         out=tmp_path / "run",
         verbose=0,
+        callbacks=[probe],
         **TINY,
     )
-    assert np.isfinite(result["metrics"]["parameters"])
+    assert probe.jit_compile is xla
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and float(history[1].split(",")[1]) > 0
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["xla"]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["xla"] is xla
 
 
 def test_export_command(manifest, tmp_path):

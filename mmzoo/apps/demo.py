@@ -94,7 +94,7 @@ def export_best(run_dir, test_manifest, savedmodels="savedmodels", samples=512):
     import tensorflow as tf
 
     from mmzoo.data.dataset import make_dataset
-    from mmzoo.data.manifest import read_manifest
+    from mmzoo.data.sources import read_manifest
     from mmzoo.export.saved_model import export_saved_model
     from mmzoo.export.tflite import export_tflite
     from mmzoo.export.tflite import parity

@@ -63,7 +63,7 @@ def easy_vqa(directory=None):
         images = image_paths()
         rows = (
             json.dumps({"image": images[i], "text": text, "label": answer})
-            for text, answer, i in zip(texts, answers, image_ids)
+            for text, answer, i in zip(texts, answers, image_ids, strict=True)
         )
         _write_atomically(paths[split], "".join(row + "\n" for row in rows))
     _write_atomically(

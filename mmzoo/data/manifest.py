@@ -309,16 +309,3 @@ class LabelVocabulary:
         """The parts of a raw label string that the vocabulary lacks."""
         parts = split_labels(label) if multilabel else [label]
         return [part for part in parts if part not in self._index]
-
-
-def __getattr__(name):
-    # `read_manifest` lives in `mmzoo.data.sources`, above this module. The
-    # old import path still answers, without importing the readers until it
-    # is used, for the importers not yet moved (mmzoo.training.trainer,
-    # mmzoo.training.demo, mmzoo.export.tflite.calibration_examples); this
-    # module itself never calls them.
-    if name == "read_manifest":
-        from mmzoo.data.sources import read_manifest
-
-        return read_manifest
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -447,7 +447,7 @@ def read_manifest(path, columns=None):
 
 
 def _column_names(columns):
-    names = dict(zip(COLUMNS, COLUMNS))
+    names = dict(zip(COLUMNS, COLUMNS, strict=True))
     for key, value in (columns or {}).items():
         if key not in names:
             raise ValueError(

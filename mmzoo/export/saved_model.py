@@ -333,7 +333,7 @@ def _write_warmup(path, model_name, examples):
         batches.append(list(examples))
     with tf.io.TFRecordWriter(path) as writer:
         for batch in batches:
-            images, texts = zip(*batch)
+            images, texts = zip(*batch, strict=True)
             request = serving.grpc_request(images, texts, model_name)
             log = prediction_log_pb2.PredictionLog()
             log.predict_log.request.CopyFrom(request)

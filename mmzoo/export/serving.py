@@ -97,7 +97,7 @@ def rest_request(images, texts, signature_name=SIGNATURE_NAME):
                 IMAGE_INPUT: {"b64": base64.b64encode(image).decode("ascii")},
                 TEXT_INPUT: text.decode("utf-8"),
             }
-            for image, text in zip(images, texts)
+            for image, text in zip(images, texts, strict=True)
         ],
     }
 

@@ -393,7 +393,7 @@ def calibration_examples(run, representative=None, num_calibration=200, seed=0):
     """
     from mmzoo.data.dataset import make_dataset
     from mmzoo.data.manifest import Manifest
-    from mmzoo.data.manifest import read_manifest
+    from mmzoo.data.sources import read_manifest
 
     if (
         not isinstance(num_calibration, int)

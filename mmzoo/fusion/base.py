@@ -48,7 +48,7 @@ class Fusion(keras.layers.Layer):
             )
         same_rank = isinstance(self.input_rank, int)
         ranks = (self.input_rank,) * count if same_rank else self.input_rank
-        for index, (shape, rank) in enumerate(zip(shapes, ranks)):
+        for index, (shape, rank) in enumerate(zip(shapes, ranks, strict=True)):
             if len(shape) != rank:
                 kind = "(batch, features)" if rank == 2 else "(batch, steps, features)"
                 which = "every modality" if same_rank else f"modality {index}"

@@ -78,8 +78,12 @@ class CrossAttentionFusion(Fusion):
 
     def call(self, inputs, masks=None, training=None):
         image_mask, text_mask = masks if masks is not None else (None, None)
-        image, text = (layer(x) for layer, x in zip(self.projections, inputs))
-        for image_block, text_block in zip(self.image_blocks, self.text_blocks):
+        image, text = (
+            layer(x) for layer, x in zip(self.projections, inputs, strict=True)
+        )
+        for image_block, text_block in zip(
+            self.image_blocks, self.text_blocks, strict=True
+        ):
             image, text = (
                 image_block(image, text, key_mask=text_mask, training=training),
                 text_block(text, image, key_mask=image_mask, training=training),

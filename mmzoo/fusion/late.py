@@ -75,7 +75,7 @@ class LateFusion(Fusion):
 
     def call(self, inputs, masks=None, training=None):
         logits = []
-        for hidden, head, x in zip(self.hidden, self.heads, inputs):
+        for hidden, head, x in zip(self.hidden, self.heads, inputs, strict=True):
             if hidden is not None:
                 x = hidden(x)
             logits.append(head(self.dropout_layer(x, training=training)))

@@ -17,7 +17,7 @@ def _dense(units, name, layer, activation=None, use_bias=True):
 
 
 def _build_each(layers, shapes):
-    for layer, shape in zip(layers, shapes):
+    for layer, shape in zip(layers, shapes, strict=True):
         layer.build(shape)
 
 
@@ -117,7 +117,8 @@ class WeightedSumFusion(Fusion):
 
     def call(self, inputs, masks=None, training=None):
         projected = ops.stack(
-            [layer(x) for layer, x in zip(self.projections, inputs)], axis=1
+            [layer(x) for layer, x in zip(self.projections, inputs, strict=True)],
+            axis=1,
         )
         lambdas = ops.cast(self._lambdas(), projected.dtype)
         fused = ops.sum(projected * lambdas[None, :, None], axis=1)
@@ -178,7 +179,8 @@ class GatedFusion(Fusion):
     def call(self, inputs, masks=None, training=None):
         count = len(inputs)
         hidden = ops.stack(
-            [layer(x) for layer, x in zip(self.projections, inputs)], axis=1
+            [layer(x) for layer, x in zip(self.projections, inputs, strict=True)],
+            axis=1,
         )
         logits = self.gate(ops.concatenate(list(inputs), axis=-1))
         gates = ops.softmax(ops.reshape(logits, (-1, count, self.units)), axis=1)
@@ -228,7 +230,8 @@ class ModalityAttentionFusion(Fusion):
 
     def call(self, inputs, masks=None, training=None):
         hidden = ops.stack(
-            [layer(x) for layer, x in zip(self.projections, inputs)], axis=1
+            [layer(x) for layer, x in zip(self.projections, inputs, strict=True)],
+            axis=1,
         )
         scores = ops.squeeze(self.score(self.score_hidden(hidden)), axis=-1)
         weights = ops.softmax(scores, axis=-1)
@@ -276,7 +279,7 @@ class BilinearFusion(Fusion):
 
     def call(self, inputs, masks=None, training=None):
         product = None
-        for layer, x in zip(self.projections, inputs):
+        for layer, x in zip(self.projections, inputs, strict=True):
             factor = layer(x)
             product = factor if product is None else product * factor
         product = self.dropout_layer(product, training=training)

@@ -18,8 +18,8 @@ from mmzoo import registry
 from mmzoo import runs
 from mmzoo.data.dataset import make_dataset
 from mmzoo.data.manifest import LabelVocabulary
-from mmzoo.data.manifest import read_manifest
 from mmzoo.data.manifest import row_problems
+from mmzoo.data.sources import read_manifest
 from mmzoo.tasks import get_task
 from mmzoo.training import config as run_config
 from mmzoo.training.evaluation import evaluate_dataset
