@@ -14,6 +14,7 @@ import keras
 
 from mmzoo import registry
 from mmzoo.checks import check_choice
+from mmzoo.checks import plain_data
 from mmzoo.layers import ModalityDropout
 from mmzoo.layers import PaddingMask
 from mmzoo.tasks import get_task
@@ -368,15 +369,7 @@ def _recipe(config, preset_name):
     tower = config["image_tower"]
     if isinstance(tower, keras.Model):
         recipe["image_tower"] = {"custom": tower.name}
-    return _plain(recipe)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
+    return plain_data(recipe)
 
 
 def _components_name(config):

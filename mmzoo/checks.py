@@ -1,4 +1,5 @@
-"""Argument checks shared by every part of mmzoo, with one message format."""
+"""Small helpers every part of mmzoo shares: argument checks with one
+message format, and configurations as plain data."""
 
 import difflib
 
@@ -30,3 +31,18 @@ def check_choice(argument, value, choices):
         if close:
             message += " Did you mean " + " or ".join(map(repr, close)) + "?"
     raise ValueError(message)
+
+
+def plain_data(value):
+    """A JSON- and YAML-ready copy: tuples become lists, dicts are copied.
+
+    Example:
+
+    >>> plain_data({"image_filters": (16, 32), "name": None})
+    {'image_filters': [16, 32], 'name': None}
+    """
+    if isinstance(value, dict):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    return value

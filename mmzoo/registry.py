@@ -93,6 +93,8 @@ class TextTowerSpec:
             (strings go in as they are).
         portable: written with `keras.ops` only, so it builds on the JAX
             and PyTorch backends too.
+        recurrent: it holds a recurrent layer, which TFLite's builtin
+            WHILE op takes only with a fixed batch size.
     """
 
     name: str
@@ -103,6 +105,7 @@ class TextTowerSpec:
     sequence: bool = True
     tokenizer: str | None = "word"
     portable: bool = True
+    recurrent: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +224,7 @@ TEXT_TOWERS = MappingProxyType(
             "bidirectional LSTM, masked mean",
             "mmzoo.towers.text:bilstm_tower",
             _frozen({**_EMBEDDING, "units": "text_units", "dropout": "text_dropout"}),
+            recurrent=True,
         ),
         "transformer": TextTowerSpec(
             "transformer",

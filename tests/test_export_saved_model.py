@@ -11,8 +11,6 @@ for WordPiece models as TF Serving links them.
 import base64
 import json
 import os
-import subprocess
-import sys
 
 import data_fixtures
 import keras
@@ -21,6 +19,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from harness import TINY
+from harness import probe_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
 import mmzoo
@@ -40,104 +39,7 @@ from mmzoo.runs import Run
 from mmzoo.runs import load_run
 from mmzoo.training import trainer
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TEXTS = ["is this a circle", "a square?", "", "Ünïcödé triangle 3"]
-
-# Runs in a fresh interpreter: loads a SavedModel with Keras and mmzoo made
-# unimportable, calls `serving_default` on image files, and lists the graph's
-# op types by where they are registered.
-PROBE = r"""
-import glob, importlib.util, json, os, sys
-
-# `None` in sys.modules makes `import keras` fail; TensorFlow's __init__
-# tolerates that (it imports Keras only if it can).
-for name in ("keras", "tf_keras", "mmzoo"):
-    sys.modules[name] = None
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow.python.framework import op_def_registry
-
-folder, request_file, out, text_ops = sys.argv[1:5]
-
-with open(os.path.join(folder, "saved_model.pb"), "rb") as file:
-    saved = saved_model_pb2.SavedModel.FromString(file.read())
-ops, functions = set(), set()
-for meta_graph in saved.meta_graphs:
-    library = meta_graph.graph_def.library
-    functions.update(function.signature.name for function in library.function)
-    ops.update(node.op for node in meta_graph.graph_def.node)
-    for function in library.function:
-        ops.update(node.op for node in function.node_def)
-ops -= functions  # calls of the graph's own functions
-core = {op for op in ops if op_def_registry.get(op) is not None}
-
-
-def load_text_ops():
-    # TF Text's kernels without its Python package, which imports Keras.
-    spec = importlib.util.find_spec("tensorflow_text")
-    folder = os.path.join(spec.submodule_search_locations[0], "python", "ops")
-    for library in sorted(glob.glob(os.path.join(folder, "*.so"))):
-        tf.load_op_library(library)
-
-
-if text_ops == "1":
-    load_text_ops()
-loaded = tf.saved_model.load(folder)
-with open(request_file) as file:
-    request = json.load(file)
-images = [open(path, "rb").read() for path in request["images"]]
-outputs = loaded.signatures["serving_default"](
-    image_bytes=tf.constant(images, tf.string),
-    text=tf.constant(request["texts"], tf.string),
-)
-arrays = {name: value.numpy() for name, value in outputs.items()}
-if "top_k_labels" in arrays:
-    arrays["top_k_labels"] = arrays["top_k_labels"].astype(str)
-np.savez(os.path.join(out, "outputs.npz"), **arrays)
-if text_ops != "1":
-    load_text_ops()
-text = {op for op in ops - core if op_def_registry.get(op) is not None}
-report = {
-    "core": sorted(core),
-    "text": sorted(text),
-    "unregistered": sorted(ops - core - text),
-    "functions": len(functions),
-    "importable": [n for n in ("keras", "tf_keras", "mmzoo") if sys.modules.get(n)],
-}
-with open(os.path.join(out, "audit.json"), "w") as file:
-    json.dump(report, file)
-"""
-
-
-def run_probe(folder, images, texts, out, text_ops=False):
-    """Run PROBE; returns (outputs dict, audit dict)."""
-    os.makedirs(out, exist_ok=True)
-    request = os.path.join(out, "request.json")
-    with open(request, "w") as file:
-        json.dump({"images": [str(p) for p in images], "texts": texts}, file)
-    script = os.path.join(out, "probe.py")
-    with open(script, "w") as file:
-        file.write(PROBE)
-    result = subprocess.run(
-        [
-            sys.executable,
-            script,
-            str(folder),
-            request,
-            str(out),
-            "1" if text_ops else "0",
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    with np.load(os.path.join(out, "outputs.npz")) as saved:
-        outputs = {name: saved[name] for name in saved.files}
-    with open(os.path.join(out, "audit.json")) as file:
-        return outputs, json.load(file)
 
 
 def keras_outputs(model, tokenizer, images, texts, image_size, resize="stretch"):
@@ -218,7 +120,7 @@ def exported(run_dir, base):
 @pytest.fixture(scope="module")
 def probe(exported, images, tmp_path_factory):
     """The exported run served by a fresh process: (outputs, op audit)."""
-    return run_probe(exported, images, TEXTS, tmp_path_factory.mktemp("probe"))
+    return probe_saved_model(exported, images, TEXTS, tmp_path_factory.mktemp("probe"))
 
 
 @pytest.fixture(scope="module")
@@ -511,7 +413,9 @@ def test_wordpiece_model_loads_with_tensorflow_text_ops(tmp_path, images):
     card = json.load(open(os.path.join(folder, "model_card.json")))
     assert card["tokenizer"]["type"] == "WordPieceTokenizer"
     assert card["tokenizer"]["requires"] == "tensorflow_text"
-    outputs, audit = run_probe(folder, images, TEXTS, tmp_path / "probe", text_ops=True)
+    outputs, audit = probe_saved_model(
+        folder, images, TEXTS, tmp_path / "probe", text_ops=True
+    )
     assert audit["unregistered"] == [] and audit["importable"] == []
     assert audit["text"] == ["FastBertNormalize", "FastWordpieceTokenizeWithOffsets"]
     expected = keras_outputs(run.model, run.tokenizer, images, TEXTS, 32)

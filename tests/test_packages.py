@@ -51,3 +51,37 @@ def test_unknown_name_raises_attribute_error(package):
     message = f"module '{package}' has no attribute 'nope'"
     with pytest.raises(AttributeError, match=f"^{re.escape(message)}$"):
         _ = module.nope
+
+
+# Data flows one way: data -> models -> training -> the run -> export and
+# serving, with the command line and the demo on top. Function-level imports
+# count: they are dependencies too.
+FORBIDDEN = {
+    "mmzoo/data": ("builder", "fusion", "towers", "training", "export", "runs", "apps"),
+    "mmzoo/runs.py": ("training", "export", "apps", "cli"),
+    "mmzoo/export": ("training", "apps", "cli"),
+    "mmzoo/training": ("export", "apps", "cli"),
+    "mmzoo/builder.py": ("data", "training", "export", "runs", "apps"),
+}
+
+
+@pytest.mark.parametrize("where", sorted(FORBIDDEN))
+def test_imports_flow_one_way(where):
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).parent.parent
+    path = root / where
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    assert files
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "mmzoo" and len(parts) > 1:
+                    assert parts[1] not in FORBIDDEN[where], (str(file), name)

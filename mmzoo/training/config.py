@@ -12,6 +12,7 @@ import os
 import yaml
 
 from mmzoo.checks import check_choice
+from mmzoo.checks import plain_data
 from mmzoo.registry import FUSIONS
 from mmzoo.registry import IMAGE_TOWERS
 from mmzoo.registry import TASKS
@@ -167,13 +168,4 @@ def validate(config):
 
 def save(config, path):
     with open(path, "w", encoding="utf-8") as file:
-        yaml.safe_dump(_plain(config), file, sort_keys=False, allow_unicode=True)
-
-
-def _plain(value):
-    """YAML-safe copy: tuples become lists."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
+        yaml.safe_dump(plain_data(config), file, sort_keys=False, allow_unicode=True)
