@@ -41,6 +41,15 @@ class Task:
         classes: the labels are class names, kept in a `LabelVocabulary`
             (`False`: the labels are numbers).
         multilabel: a row's label holds several classes, `|`-separated.
+
+    Example:
+
+    >>> task = mmzoo.get_task("multilabel")
+    >>> task.output_name, task.loss
+    ('probabilities', 'binary_crossentropy')
+    >>> task.targets(["cat|dog", "dog"], LabelVocabulary(["cat", "dog"]))
+    array([[1., 1.],
+           [0., 1.]], dtype=float32)
     """
 
     name = None

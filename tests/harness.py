@@ -23,10 +23,12 @@ tracing a `fit` step for every zoo combination would cost seconds each;
 test_training.py covers traced `fit` itself.
 """
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -446,9 +448,12 @@ def np_approx(value):
 
 # Runs in a fresh interpreter: loads a SavedModel with Keras and mmzoo made
 # unimportable, calls `serving_default` on image files, and lists the graph's
-# op types by where they are registered.
+# op types by where they are registered. With `--serve` it answers requests
+# (one JSON line each on stdin) until stdin closes, so that a test process
+# pays for importing TensorFlow once; it then never loads TF Text, so every
+# op outside core TensorFlow counts as unregistered.
 PROBE = r"""
-import glob, importlib.util, json, os, sys
+import glob, importlib.util, json, os, sys, traceback
 
 # `None` in sys.modules makes `import keras` fail; TensorFlow's __init__
 # tolerates that (it imports Keras only if it can).
@@ -459,20 +464,6 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
-folder, request_file, out, text_ops = sys.argv[1:5]
-
-with open(os.path.join(folder, "saved_model.pb"), "rb") as file:
-    saved = saved_model_pb2.SavedModel.FromString(file.read())
-ops, functions = set(), set()
-for meta_graph in saved.meta_graphs:
-    library = meta_graph.graph_def.library
-    functions.update(function.signature.name for function in library.function)
-    ops.update(node.op for node in meta_graph.graph_def.node)
-    for function in library.function:
-        ops.update(node.op for node in function.node_def)
-ops -= functions  # calls of the graph's own functions
-core = {op for op in ops if op_def_registry.get(op) is not None}
-
 
 def load_text_ops():
     # TF Text's kernels without its Python package, which imports Keras.
@@ -482,38 +473,89 @@ def load_text_ops():
         tf.load_op_library(library)
 
 
-if text_ops == "1":
-    load_text_ops()
-loaded = tf.saved_model.load(folder)
-with open(request_file) as file:
-    request = json.load(file)
-images = [open(path, "rb").read() for path in request["images"]]
-outputs = loaded.signatures["serving_default"](
-    image_bytes=tf.constant(images, tf.string),
-    text=tf.constant(request["texts"], tf.string),
-)
-arrays = {name: value.numpy() for name, value in outputs.items()}
-if "top_k_labels" in arrays:
-    arrays["top_k_labels"] = arrays["top_k_labels"].astype(str)
-np.savez(os.path.join(out, "outputs.npz"), **arrays)
-if text_ops != "1":
-    load_text_ops()
-text = {op for op in ops - core if op_def_registry.get(op) is not None}
-report = {
-    "core": sorted(core),
-    "text": sorted(text),
-    "unregistered": sorted(ops - core - text),
-    "functions": len(functions),
-    "importable": [n for n in ("keras", "tf_keras", "mmzoo") if sys.modules.get(n)],
-}
-with open(os.path.join(out, "audit.json"), "w") as file:
-    json.dump(report, file)
+def probe(folder, request_file, out, text_ops, audit_text):
+    with open(os.path.join(folder, "saved_model.pb"), "rb") as file:
+        saved = saved_model_pb2.SavedModel.FromString(file.read())
+    ops, functions = set(), set()
+    for meta_graph in saved.meta_graphs:
+        library = meta_graph.graph_def.library
+        functions.update(function.signature.name for function in library.function)
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in library.function:
+            ops.update(node.op for node in function.node_def)
+    ops -= functions  # calls of the graph's own functions
+    core = {op for op in ops if op_def_registry.get(op) is not None}
+    if text_ops:
+        load_text_ops()
+    loaded = tf.saved_model.load(folder)
+    with open(request_file) as file:
+        request = json.load(file)
+    images = [open(path, "rb").read() for path in request["images"]]
+    outputs = loaded.signatures["serving_default"](
+        image_bytes=tf.constant(images, tf.string),
+        text=tf.constant(request["texts"], tf.string),
+    )
+    arrays = {name: value.numpy() for name, value in outputs.items()}
+    if "top_k_labels" in arrays:
+        arrays["top_k_labels"] = arrays["top_k_labels"].astype(str)
+    np.savez(os.path.join(out, "outputs.npz"), **arrays)
+    if audit_text and not text_ops:
+        load_text_ops()
+    text = {op for op in ops - core if op_def_registry.get(op) is not None}
+    report = {
+        "core": sorted(core),
+        "text": sorted(text),
+        "unregistered": sorted(ops - core - text),
+        "functions": len(functions),
+        "importable": [
+            n for n in ("keras", "tf_keras", "mmzoo") if sys.modules.get(n)
+        ],
+    }
+    with open(os.path.join(out, "audit.json"), "w") as file:
+        json.dump(report, file)
+
+
+if sys.argv[1] == "--serve":
+    for line in sys.stdin:
+        try:
+            probe(*json.loads(line), text_ops=False, audit_text=False)
+            print(json.dumps({"ok": True}), flush=True)
+        except Exception:
+            answer = {"ok": False, "error": traceback.format_exc()}
+            print(json.dumps(answer), flush=True)
+else:
+    folder, request_file, out, text_ops = sys.argv[1:5]
+    probe(folder, request_file, out, text_ops == "1", audit_text=True)
 """
+
+_probe_server = None
+
+
+def _server():
+    """This test process's probe server (started on first use)."""
+    global _probe_server
+    if _probe_server is None or _probe_server.poll() is not None:
+        log = tempfile.NamedTemporaryFile("w+", prefix="mmzoo-probe-", suffix=".log")
+        _probe_server = subprocess.Popen(
+            [sys.executable, "-c", PROBE, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=ENV,
+        )
+        _probe_server.log = log
+        atexit.register(_probe_server.kill)
+    return _probe_server
 
 
 def probe_saved_model(folder, images, texts, out, text_ops=False):
-    """`serving_default` of a SavedModel on image files, in a fresh process
-    that cannot import Keras or mmzoo (as on a TF Serving host).
+    """`serving_default` of a SavedModel on image files, in a process that
+    cannot import Keras or mmzoo (as on a TF Serving host).
+
+    A model tokenizing with word ops goes to this test process's probe
+    server (TensorFlow imported once); one needing TF Text ops
+    (`text_ops=True`) to a fresh process of its own.
 
     Returns:
         `(outputs, audit)`: the signature's outputs as arrays, and the
@@ -525,24 +567,25 @@ def probe_saved_model(folder, images, texts, out, text_ops=False):
     request = os.path.join(out, "request.json")
     with open(request, "w") as file:
         json.dump({"images": [str(p) for p in images], "texts": texts}, file)
-    script = os.path.join(out, "probe.py")
-    with open(script, "w") as file:
-        file.write(PROBE)
-    result = subprocess.run(
-        [
-            sys.executable,
-            script,
-            str(folder),
-            request,
-            str(out),
-            "1" if text_ops else "0",
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    if text_ops:
+        result = subprocess.run(
+            [sys.executable, "-c", PROBE, str(folder), request, str(out), "1"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        server = _server()
+        server.stdin.write(json.dumps([str(folder), request, str(out)]) + "\n")
+        server.stdin.flush()
+        line = server.stdout.readline()
+        if not line:
+            server.log.seek(0)
+            raise AssertionError(f"the probe server died: {server.log.read()[-3000:]}")
+        answer = json.loads(line)
+        assert answer["ok"], answer["error"][-3000:]
     with np.load(os.path.join(out, "outputs.npz")) as saved:
         outputs = {name: saved[name] for name in saved.files}
     with open(os.path.join(out, "audit.json")) as file:
