@@ -23,6 +23,7 @@ import glob
 import io
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -170,42 +171,52 @@ def _file_problem(path, max_pixels):
 
 
 class CsvReader(_ImageFilesReader):
-    """A CSV file with a header row naming the columns."""
+    """A CSV file with a header row naming the columns.
+
+    Fields are read as Python's `csv` module reads them (the Excel dialect),
+    and a quoted field may hold line breaks. What a stray quote could do to
+    the rows after it is bounded: a row is a `malformed_row` at the line
+    where it opened, and reading resumes on the next line, when
+
+    - a quoted field opened in it is never closed;
+    - it runs over several lines but is not well-formed CSV (RFC 4180: a
+      closing quote followed by something other than a comma or the line's
+      end, or a quote inside an unquoted field), has the wrong number of
+      fields, or holds a line break in its image or label field;
+    - a field is longer than `csv.field_size_limit()` (131,072 characters
+      unless raised).
+
+    So every line is read, as part of at most one row; only a line break
+    inside a well-formed text field joins lines into one row.
+    """
 
     name = "csv"
     suffix = ".csv"
 
     @classmethod
     def read(cls, path, columns):
+        return cls.parse(_read_text_file(path), path, columns)
+
+    @classmethod
+    def parse(cls, text, path, columns):
+        """The `Manifest` of a CSV file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
-        reader = csv.reader(io.StringIO(_read_text_file(path), newline=""))
+        records = _CsvRecords(text)
         header = None
-        start = 1
-        for row in reader:
-            line, start = start, reader.line_num + 1
-            if not row:
-                continue
+        for line, end, row, problem in records:
+            if row == []:
+                continue  # a blank line
             if header is None:
-                header = [name.strip() for name in row]
-                missing = [columns[c] for c in COLUMNS if columns[c] not in header]
-                if missing:
-                    raise ManifestError(
-                        f"{path}:{line}: the header lacks the column(s) "
-                        f"{missing}. Columns found: {header}. mmzoo reads "
-                        f"{list(COLUMNS)} (rename them with `columns=`)."
-                    )
-                positions = {c: header.index(columns[c]) for c in COLUMNS}
+                header, positions = _csv_header(path, columns, line, end, problem, row)
                 continue
-            if len(row) != len(header):
-                manifest.problems.append(
-                    Problem(
-                        line,
-                        "malformed_row",
-                        f"{len(row)} fields where the header has {len(header)}",
-                        path,
-                    )
-                )
+            if problem is None:
+                problem = _csv_row_problem(row, header, positions, columns, line, end)
+            if problem is not None:
+                manifest.problems.append(Problem(line, "malformed_row", problem, path))
+                # What follows the row's first line is read again: a
+                # stray quote must not take good rows with it.
+                records.refuse(line, end)
                 continue
             values = {c: row[positions[c]] for c in COLUMNS}
             manifest.append(
@@ -217,6 +228,172 @@ class CsvReader(_ImageFilesReader):
         if header is None:
             raise ManifestError(f"{path}: the manifest is empty (no header row).")
         return manifest
+
+
+def _csv_header(path, columns, line, end, problem, row):
+    """The header's column names and where mmzoo's columns are among them."""
+    if problem is None and end > line:
+        problem = f"it runs on to line {end} (a column name holds a line break)"
+    if problem is not None:
+        raise ManifestError(f"{path}:{line}: the header row is not CSV: {problem}.")
+    header = [name.strip() for name in row]
+    missing = [columns[c] for c in COLUMNS if columns[c] not in header]
+    if missing:
+        raise ManifestError(
+            f"{path}:{line}: the header lacks the column(s) "
+            f"{missing}. Columns found: {header}. mmzoo reads "
+            f"{list(COLUMNS)} (rename them with `columns=`)."
+        )
+    return header, {c: header.index(columns[c]) for c in COLUMNS}
+
+
+def _csv_row_problem(row, header, positions, columns, line, end):
+    """Why a parsed CSV record is not a row, or None."""
+    spans = ""
+    if end > line:
+        spans = (
+            f" (a quoted field runs from this line to line {end}: is a quote "
+            "left open?)"
+        )
+    if len(row) != len(header):
+        return f"{len(row)} fields where the header has {len(header)}{spans}"
+    if end > line:
+        for column in ("image", "label"):
+            value = row[positions[column]]
+            if "\n" in value or "\r" in value:
+                return f"a line break in the `{columns[column]}` field{spans}"
+    return None
+
+
+# A record as RFC 4180 writes it: each field quoted (quotes inside doubled,
+# line breaks allowed) or free of quotes, commas and line breaks.
+_FIELD = r'(?:"(?:[^"]|"")*"|[^",\r\n]*)'
+_WELL_FORMED = re.compile(rf"{_FIELD}(?:,{_FIELD})*(?:\r\n|\r|\n)?")
+
+
+class _CsvRecords:
+    """The records of a CSV text, each with the lines it spans.
+
+    Iterating gives `(line, end, fields, problem)`: the 1-based first and
+    last line, and the fields (`[]` for a blank line), or `None` and why the
+    record is not CSV. A line ends at a line feed, a carriage return or
+    both, as Python's csv reader counts lines.
+
+    Records are read strictly (a quoted field must close before a comma or
+    the line's end), so a stray quote stops at the first sign of trouble,
+    and one that took several lines must be RFC 4180 CSV. A one-line record
+    is read as the csv module reads by default (`"a"b` reads `ab`, `5"` is
+    kept), except on lines that a refused record ran over.
+
+    `refuse(line, end)` says the record on lines `line` to `end` is no row:
+    reading goes back to `line + 1`.
+    """
+
+    def __init__(self, text):
+        self.lines = _Lines(io.StringIO(text, newline="").readlines())
+        self.reader = csv.reader(self.lines, strict=True)
+        self.strict_through = 0  # lines up to this one are read as RFC 4180
+        self.open_to_end = False  # the last record's quote never closed
+
+    def refuse(self, line, end):
+        self.lines.position = line
+        if not self.open_to_end:
+            # A quote that closed on one of these lines belongs to the
+            # refused record: a line holding it is not a row either.
+            self.strict_through = max(self.strict_through, end)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        lines = self.lines
+        start = lines.position
+        if start >= len(lines.lines):
+            raise StopIteration
+        lines.exhausted = self.open_to_end = False
+        try:
+            fields = next(self.reader)
+        except csv.Error as error:
+            strict_error = error
+        else:
+            end = lines.position
+            if end - start == 1 and end > self.strict_through:
+                return start + 1, end, fields, None
+            if _WELL_FORMED.fullmatch("".join(lines.lines[start:end])):
+                return start + 1, end, fields, None
+            # Python's csv keeps `5"` (a quote in an unquoted field) as is;
+            # in a row that took several lines, or on a line a refused row
+            # ran over, it is more likely the quote that closed a stray one.
+            if end - start > 1:
+                where = f"in a row running from this line to line {end}"
+            else:
+                where = "on a line that the refused row above ran over"
+            problem = (
+                f"a quote inside an unquoted field, {where}: is a quote left open?"
+            )
+            return start + 1, end, None, problem
+        end = lines.position
+        if lines.exhausted:
+            self.open_to_end = True
+            problem = (
+                "a quoted field opened on this line is never closed (it runs "
+                "to the end of the file)"
+            )
+        elif "field larger than field limit" in str(strict_error):
+            problem = (
+                f"a field longer than {csv.field_size_limit():,} characters, "
+                "the most a CSV field may hold, starts on this line"
+            )
+            if end - start > 1:
+                problem += " (is a quote left open?)"
+        elif end - start == 1 and end > self.strict_through:
+            return start + 1, end, *_lenient_record(lines.lines[start], strict_error)
+        elif end - start == 1:
+            problem = f"bad CSV quoting ({strict_error})"
+        else:
+            problem = (
+                f"bad CSV quoting in a field running from this line to line "
+                f"{end} ({strict_error}): is a quote left open?"
+            )
+        return start + 1, end, None, problem
+
+
+class _Lines:
+    """The lines the csv reader reads, from a position that can move back."""
+
+    def __init__(self, lines):
+        self.lines = lines
+        self.position = 0  # the index of the next line to give
+        self.exhausted = False  # the reader asked for a line past the end
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.position >= len(self.lines):
+            self.exhausted = True
+            raise StopIteration
+        self.position += 1
+        return self.lines[self.position - 1]
+
+
+def _lenient_record(line, strict_error):
+    """`(fields, problem)` of a one-line record that strict CSV refuses.
+
+    The csv module's default reading keeps such rows (`"a"b` reads `ab`);
+    a quote it leaves open at the line's end would have taken the next
+    lines, so that record is refused.
+    """
+    try:
+        fields = next(csv.reader([line]))
+    except csv.Error as error:
+        return None, f"not a CSV row: {error}"
+    if any("\n" in field or "\r" in field for field in fields):
+        return None, (
+            f"bad CSV quoting ({strict_error}) leaves a quoted field open at "
+            "the end of this line"
+        )
+    return fields, None
 
 
 class JsonlReader(_ImageFilesReader):
