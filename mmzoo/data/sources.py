@@ -397,21 +397,33 @@ def _lenient_record(line, strict_error):
 
 
 class JsonlReader(_ImageFilesReader):
-    """One JSON object per line; a list label is a multilabel row."""
+    """One JSON object per line; a list label is a multilabel row.
+
+    Values are strings; a label may also be a number or a list of strings
+    and numbers. A line that is not a JSON object, or holds a value of
+    another type, is a `malformed_row` saying what it holds.
+    """
 
     name = "jsonl"
     suffix = ".jsonl"
 
     @classmethod
     def read(cls, path, columns):
+        return cls.parse(_read_text_file(path), path, columns)
+
+    @classmethod
+    def parse(cls, text, path, columns):
+        """The `Manifest` of a JSONL file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
-        for line, text in enumerate(_read_text_file(path).split("\n"), start=1):
-            if not text.strip():
+        for line, content in enumerate(text.split("\n"), start=1):
+            if not content.strip():
                 continue
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
+                row = json.loads(content)
+            except (ValueError, RecursionError) as error:
+                # ValueError: JSONDecodeError, or an integer of more digits
+                # than Python converts; RecursionError: nesting too deep.
                 manifest.problems.append(
                     Problem(line, "malformed_row", f"not JSON: {error}", path)
                 )
@@ -421,25 +433,78 @@ class JsonlReader(_ImageFilesReader):
                     Problem(
                         line,
                         "malformed_row",
-                        f"a JSON {type(row).__name__}, not an object",
+                        f"a JSON {_json_type(row)}, not an object",
                         path,
                     )
                 )
                 continue
-            image = row.get(columns["image"])
-            label = row.get(columns["label"])
-            if isinstance(label, list):
-                label = LABEL_SEPARATOR.join(str(item) for item in label)
-            elif label is not None and not isinstance(label, str):
-                label = str(label)
-            text_value = row.get(columns["text"])
+            try:
+                image = _json_string(row, columns["image"])
+                text_value = _json_string(row, columns["text"])
+                label = _json_label(row, columns["label"])
+            except _WrongType as error:
+                manifest.problems.append(
+                    Problem(line, "malformed_row", str(error), path)
+                )
+                continue
             manifest.append(
                 line,
-                _resolve(folder, image) if isinstance(image, str) else None,
-                text_value if isinstance(text_value, str) else None,
+                _resolve(folder, image),
+                text_value,
                 (label.strip() or None) if label is not None else None,
             )
         return manifest
+
+
+class _WrongType(ValueError):
+    """A JSONL value of a type the column cannot hold."""
+
+
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _json_type(value):
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _wrong_type(key, expected, value):
+    if isinstance(value, (dict, list)):
+        shown = f"{len(value)} item(s)"
+    else:
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return _WrongType(
+        f"`{key}` must be {expected}. Received a JSON {_json_type(value)}: {shown}"
+    )
+
+
+def _json_string(row, key):
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong_type(key, "a string", value)
+
+
+def _json_label(row, key):
+    value = row.get(key)
+    expected = "a string, a number or a list of them"
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        if not all(isinstance(item, (str, int, float)) for item in value):
+            raise _wrong_type(key, expected, value)
+        return LABEL_SEPARATOR.join(str(item) for item in value)
+    raise _wrong_type(key, expected, value)
 
 
 def _read_text_file(path):
