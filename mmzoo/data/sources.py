@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import stat
 
 import numpy as np
 import tensorflow as tf
@@ -154,12 +155,13 @@ class _ImageFilesReader(SourceReader):
 def _file_problem(path, max_pixels):
     """(reason, detail) for an image file that fails its header check."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        data = _read_regular_file(path)
     except FileNotFoundError:
         return "missing_file", f"no such file: {path}"
     except IsADirectoryError:
         return "missing_file", f"a folder, not an image file: {path}"
+    except _NotARegularFile as error:
+        return "missing_file", f"{error.kind}, not an image file: {path}"
     except OSError as error:
         return "missing_file", f"cannot read {path}: {error.strerror}"
     if not data:
@@ -507,9 +509,58 @@ def _json_label(row, key):
     raise _wrong_type(key, expected, value)
 
 
+class _NotARegularFile(OSError):
+    """A FIFO, device or socket: reading it could block or never end."""
+
+    def __init__(self, path, kind):
+        super().__init__(f"{path!r} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def _special_kind(mode):
+    """What a file that is neither a regular file nor a folder is, or None."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for is_kind, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if is_kind(mode):
+            return kind
+    return "a special file"
+
+
+def _read_regular_file(path):
+    """The bytes of a regular file, refusing special files without reading.
+
+    A FIFO would block `open` until something writes to it, and a device
+    may never end (`/dev/zero`), so the kind is checked with `stat` first;
+    the file is then opened non-blocking and checked again, in case it was
+    replaced in between.
+    """
+    kind = _special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise _NotARegularFile(path, kind)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    descriptor = os.open(path, flags)
+    with open(descriptor, "rb") as file:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        kind = _special_kind(mode)
+        if kind is not None:
+            raise _NotARegularFile(path, kind)
+        return file.read()
+
+
 def _read_text_file(path):
-    with open(path, "rb") as file:
-        data = file.read()
+    try:
+        data = _read_regular_file(path)
+    except OSError as error:  # e.g. replaced by a FIFO since it was checked
+        reason = error.strerror or error
+        raise ManifestError(f"Cannot read manifest {path!r}: {reason}") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     # surrogateescape keeps undecodable bytes as lone surrogates, so one
@@ -578,6 +629,11 @@ class TFRecordReader(SourceReader):
                     f"TFRecord shard {file!r} is corrupt after {len(manifest)} "
                     f"records: {error.message.splitlines()[0]}"
                 ) from None
+            except tf.errors.OpError as error:  # e.g. permission denied
+                raise ManifestError(
+                    f"TFRecord shard {file!r} cannot be read: "
+                    f"{error.message.splitlines()[0]}"
+                ) from None
         manifest.reader = cls(files, range(len(manifest)), infos, len(manifest))
         return manifest
 
@@ -632,14 +688,42 @@ class TFRecordReader(SourceReader):
 def shard_paths(path):
     """The shards of a TFRecord manifest (a folder or one file), in order."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        paths = sorted(glob.glob(os.path.join(path, "*.tfrecord")))
+    if _manifest_mode(path, "Manifest") == "folder":
+        paths = sorted(glob.glob(os.path.join(glob.escape(path), "*.tfrecord")))
         if not paths:
             raise ManifestError(f"No .tfrecord shards in folder {path!r}")
+        for shard in paths:
+            if _manifest_mode(shard, "TFRecord shard") == "folder":
+                raise ManifestError(
+                    f"TFRecord shard {shard!r} is a folder, not a regular file."
+                )
         return paths
-    if not os.path.isfile(path):
-        raise ManifestError(f"Manifest not found: {path!r}")
     return [path]
+
+
+def _manifest_mode(path, what):
+    """`"file"` or `"folder"`; a `ManifestError` for anything else.
+
+    A FIFO, device or socket is refused from `stat`, never opened: reading
+    one could block forever or never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ManifestError(f"{what} not found: {path!r}") from None
+    except OSError as error:
+        raise ManifestError(
+            f"Cannot read {what.lower()} {path!r}: {error.strerror}"
+        ) from None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    kind = _special_kind(mode)
+    if kind is not None:
+        raise ManifestError(
+            f"{what} {path!r} is {kind}, not a regular file: mmzoo reads "
+            "manifests from files (or folders of shards) only."
+        )
+    return "file"
 
 
 def _parse(record):
@@ -665,8 +749,9 @@ def read_manifest(path, columns=None):
         A `Manifest`.
 
     Raises:
-        ManifestError: the file is missing, is not a manifest, or a CSV
-            header lacks a required column.
+        ManifestError: the file is missing, unreadable, a FIFO, device or
+            socket, is not a manifest, or a CSV header is not CSV or lacks a
+            required column.
 
     Example:
 
@@ -676,8 +761,7 @@ def read_manifest(path, columns=None):
     """
     path = os.fspath(path)
     names = _column_names(columns)
-    if not os.path.exists(path):
-        raise ManifestError(f"Manifest not found: {path!r}")
+    _manifest_mode(path, "Manifest")
     for reader in READERS:
         if reader.recognises(path):
             return reader.read(path, names)
