@@ -24,14 +24,17 @@ COLUMNS = ("image", "text", "label")
 
 # The reasons a row is refused, in the order reports list them.
 REASONS = {
-    "malformed_row": "a line that is not a row (bad JSON, wrong field count)",
+    "malformed_row": (
+        "a line that is not a row (bad JSON or CSV quoting, wrong field count "
+        "or value type, a field over the size limit)"
+    ),
     "missing_column": "a required column is absent or empty",
     "missing_file": "the image file does not exist",
     "undecodable_image": "the image cannot be decoded",
     "truncated_image": "the image file ends early",
     "image_too_large": "the image header declares more pixels than allowed",
     "empty_text": "the text is empty or only whitespace",
-    "invalid_utf8": "the text is not valid UTF-8",
+    "invalid_utf8": "the text, label or image path is not valid UTF-8",
     "unknown_label": "the label is not in the label vocabulary",
 }
 
@@ -71,7 +74,9 @@ class Problem:
     source: str = ""
 
     def __str__(self):
-        return f"{self.source}:{self.line}: {self.reason}: {self.detail}"
+        # Paths and values may hold undecodable bytes (kept as lone
+        # surrogates): shown as \xNN escapes, so a report always prints.
+        return printable(f"{self.source}:{self.line}: {self.reason}: {self.detail}")
 
 
 @dataclasses.dataclass
@@ -175,18 +180,48 @@ def row_problems(manifest, index):
     text = manifest.texts[index]
     if text is not None:
         if not is_valid_utf8(text):
-            raw = text.encode("utf-8", errors="surrogateescape")
-            try:
-                raw.decode("utf-8")
-                reason = "lone surrogate code points"
-            except UnicodeDecodeError as error:
-                reason = f"byte 0x{raw[error.start]:02x} at position {error.start}"
-            problems.append(
-                Problem(line, "invalid_utf8", f"{reason} in text {raw[:60]!r}", source)
-            )
+            problems.append(_utf8_problem(line, "text", text, source))
         elif not text.strip():
             problems.append(Problem(line, "empty_text", f"text {text!r}", source))
+    # A label or path with undecodable bytes would pass until something
+    # writes it out as UTF-8 (labels.txt, a report).
+    label = manifest.labels[index]
+    if label is not None and not is_valid_utf8(label):
+        problems.append(_utf8_problem(line, "label", label, source))
+    elif label is not None and ("\n" in label or "\r" in label):
+        problems.append(
+            Problem(
+                line,
+                "malformed_row",
+                f"a line break in label {label[:60]!r} (labels.txt holds one "
+                "label per line)",
+                source,
+            )
+        )
+    if image and not is_valid_utf8(image):
+        # Only what the manifest wrote: the folder it lives in is the
+        # user's, not a row's problem.
+        folder = os.path.join(os.path.dirname(os.path.abspath(source)), "")
+        if image.startswith(folder):
+            image = image[len(folder) :]
+        if not is_valid_utf8(image):
+            problems.append(_utf8_problem(line, "image path", image, source))
     return problems
+
+
+def _utf8_problem(line, field, value, source):
+    try:
+        # Undecodable bytes, kept as lone surrogates when the file was read.
+        raw = value.encode("utf-8", errors="surrogateescape")
+        raw.decode("utf-8")
+    except UnicodeEncodeError:  # surrogates that were never bytes (JSON's \ud800)
+        raw = value.encode("utf-8", errors="backslashreplace")
+        reason = "lone surrogate code points"
+    except UnicodeDecodeError as error:
+        reason = f"byte 0x{raw[error.start]:02x} at position {error.start}"
+    else:
+        reason = "lone surrogate code points"
+    return Problem(line, "invalid_utf8", f"{reason} in {field} {raw[:60]!r}", source)
 
 
 def is_valid_utf8(text):
@@ -196,6 +231,21 @@ def is_valid_utf8(text):
     except UnicodeEncodeError:
         return False
     return True
+
+
+def printable(text):
+    """`text` with undecodable bytes (lone surrogates) as `\\xNN` escapes.
+
+    >>> printable(b"caf\\xe9".decode("utf-8", errors="surrogateescape"))
+    'caf\\\\xe9'
+    """
+    if is_valid_utf8(text):
+        return text
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # surrogates that were never bytes (JSON's \ud800)
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def split_labels(label):
@@ -232,10 +282,16 @@ class LabelVocabulary:
             )
             raise ValueError(f"Label names must be unique. Repeated: {duplicates}")
         for name in names:
-            if not isinstance(name, str) or not name or "\n" in name:
+            if (
+                not isinstance(name, str)
+                or not name
+                or "\n" in name
+                or "\r" in name
+                or not is_valid_utf8(name)
+            ):
                 raise ValueError(
-                    "Each label must be a non-empty string without newlines "
-                    f"(labels.txt holds one per line). Received: {name!r}"
+                    "Each label must be a non-empty UTF-8 string without line "
+                    f"breaks (labels.txt holds one per line). Received: {name!r}"
                 )
         self.names = names
         self._index = {name: i for i, name in enumerate(names)}

@@ -23,6 +23,8 @@ import glob
 import io
 import json
 import os
+import re
+import stat
 
 import numpy as np
 import tensorflow as tf
@@ -153,12 +155,13 @@ class _ImageFilesReader(SourceReader):
 def _file_problem(path, max_pixels):
     """(reason, detail) for an image file that fails its header check."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        data = _read_regular_file(path)
     except FileNotFoundError:
         return "missing_file", f"no such file: {path}"
     except IsADirectoryError:
         return "missing_file", f"a folder, not an image file: {path}"
+    except _NotARegularFile as error:
+        return "missing_file", f"{error.kind}, not an image file: {path}"
     except OSError as error:
         return "missing_file", f"cannot read {path}: {error.strerror}"
     if not data:
@@ -170,42 +173,52 @@ def _file_problem(path, max_pixels):
 
 
 class CsvReader(_ImageFilesReader):
-    """A CSV file with a header row naming the columns."""
+    """A CSV file with a header row naming the columns.
+
+    Fields are read as Python's `csv` module reads them (the Excel dialect),
+    and a quoted field may hold line breaks. What a stray quote could do to
+    the rows after it is bounded: a row is a `malformed_row` at the line
+    where it opened, and reading resumes on the next line, when
+
+    - a quoted field opened in it is never closed;
+    - it runs over several lines but is not well-formed CSV (RFC 4180: a
+      closing quote followed by something other than a comma or the line's
+      end, or a quote inside an unquoted field), has the wrong number of
+      fields, or holds a line break in its image or label field;
+    - a field is longer than `csv.field_size_limit()` (131,072 characters
+      unless raised).
+
+    So every line is read, as part of at most one row; only a line break
+    inside a well-formed text field joins lines into one row.
+    """
 
     name = "csv"
     suffix = ".csv"
 
     @classmethod
     def read(cls, path, columns):
+        return cls.parse(_read_text_file(path), path, columns)
+
+    @classmethod
+    def parse(cls, text, path, columns):
+        """The `Manifest` of a CSV file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
-        reader = csv.reader(io.StringIO(_read_text_file(path), newline=""))
+        records = _CsvRecords(text)
         header = None
-        start = 1
-        for row in reader:
-            line, start = start, reader.line_num + 1
-            if not row:
-                continue
+        for line, end, row, problem in records:
+            if row == []:
+                continue  # a blank line
             if header is None:
-                header = [name.strip() for name in row]
-                missing = [columns[c] for c in COLUMNS if columns[c] not in header]
-                if missing:
-                    raise ManifestError(
-                        f"{path}:{line}: the header lacks the column(s) "
-                        f"{missing}. Columns found: {header}. mmzoo reads "
-                        f"{list(COLUMNS)} (rename them with `columns=`)."
-                    )
-                positions = {c: header.index(columns[c]) for c in COLUMNS}
+                header, positions = _csv_header(path, columns, line, end, problem, row)
                 continue
-            if len(row) != len(header):
-                manifest.problems.append(
-                    Problem(
-                        line,
-                        "malformed_row",
-                        f"{len(row)} fields where the header has {len(header)}",
-                        path,
-                    )
-                )
+            if problem is None:
+                problem = _csv_row_problem(row, header, positions, columns, line, end)
+            if problem is not None:
+                manifest.problems.append(Problem(line, "malformed_row", problem, path))
+                # What follows the row's first line is read again: a
+                # stray quote must not take good rows with it.
+                records.refuse(line, end)
                 continue
             values = {c: row[positions[c]] for c in COLUMNS}
             manifest.append(
@@ -219,22 +232,200 @@ class CsvReader(_ImageFilesReader):
         return manifest
 
 
+def _csv_header(path, columns, line, end, problem, row):
+    """The header's column names and where mmzoo's columns are among them."""
+    if problem is None and end > line:
+        problem = f"it runs on to line {end} (a column name holds a line break)"
+    if problem is not None:
+        raise ManifestError(f"{path}:{line}: the header row is not CSV: {problem}.")
+    header = [name.strip() for name in row]
+    missing = [columns[c] for c in COLUMNS if columns[c] not in header]
+    if missing:
+        raise ManifestError(
+            f"{path}:{line}: the header lacks the column(s) "
+            f"{missing}. Columns found: {header}. mmzoo reads "
+            f"{list(COLUMNS)} (rename them with `columns=`)."
+        )
+    return header, {c: header.index(columns[c]) for c in COLUMNS}
+
+
+def _csv_row_problem(row, header, positions, columns, line, end):
+    """Why a parsed CSV record is not a row, or None."""
+    spans = ""
+    if end > line:
+        spans = (
+            f" (a quoted field runs from this line to line {end}: is a quote "
+            "left open?)"
+        )
+    if len(row) != len(header):
+        return f"{len(row)} fields where the header has {len(header)}{spans}"
+    if end > line:
+        for column in ("image", "label"):
+            value = row[positions[column]]
+            if "\n" in value or "\r" in value:
+                return f"a line break in the `{columns[column]}` field{spans}"
+    return None
+
+
+# A record as RFC 4180 writes it: each field quoted (quotes inside doubled,
+# line breaks allowed) or free of quotes, commas and line breaks.
+_FIELD = r'(?:"(?:[^"]|"")*"|[^",\r\n]*)'
+_WELL_FORMED = re.compile(rf"{_FIELD}(?:,{_FIELD})*(?:\r\n|\r|\n)?")
+
+
+class _CsvRecords:
+    """The records of a CSV text, each with the lines it spans.
+
+    Iterating gives `(line, end, fields, problem)`: the 1-based first and
+    last line, and the fields (`[]` for a blank line), or `None` and why the
+    record is not CSV. A line ends at a line feed, a carriage return or
+    both, as Python's csv reader counts lines.
+
+    Records are read strictly (a quoted field must close before a comma or
+    the line's end), so a stray quote stops at the first sign of trouble,
+    and one that took several lines must be RFC 4180 CSV. A one-line record
+    is read as the csv module reads by default (`"a"b` reads `ab`, `5"` is
+    kept), except on lines that a refused record ran over.
+
+    `refuse(line, end)` says the record on lines `line` to `end` is no row:
+    reading goes back to `line + 1`.
+    """
+
+    def __init__(self, text):
+        self.lines = _Lines(io.StringIO(text, newline="").readlines())
+        self.reader = csv.reader(self.lines, strict=True)
+        self.strict_through = 0  # lines up to this one are read as RFC 4180
+        self.open_to_end = False  # the last record's quote never closed
+
+    def refuse(self, line, end):
+        self.lines.position = line
+        if not self.open_to_end:
+            # A quote that closed on one of these lines belongs to the
+            # refused record: a line holding it is not a row either.
+            self.strict_through = max(self.strict_through, end)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        lines = self.lines
+        start = lines.position
+        if start >= len(lines.lines):
+            raise StopIteration
+        lines.exhausted = self.open_to_end = False
+        try:
+            fields = next(self.reader)
+        except csv.Error as error:
+            strict_error = error
+        else:
+            end = lines.position
+            if end - start == 1 and end > self.strict_through:
+                return start + 1, end, fields, None
+            if _WELL_FORMED.fullmatch("".join(lines.lines[start:end])):
+                return start + 1, end, fields, None
+            # Python's csv keeps `5"` (a quote in an unquoted field) as is;
+            # in a row that took several lines, or on a line a refused row
+            # ran over, it is more likely the quote that closed a stray one.
+            if end - start > 1:
+                where = f"in a row running from this line to line {end}"
+            else:
+                where = "on a line that the refused row above ran over"
+            problem = (
+                f"a quote inside an unquoted field, {where}: is a quote left open?"
+            )
+            return start + 1, end, None, problem
+        end = lines.position
+        if lines.exhausted:
+            self.open_to_end = True
+            problem = (
+                "a quoted field opened on this line is never closed (it runs "
+                "to the end of the file)"
+            )
+        elif "field larger than field limit" in str(strict_error):
+            problem = (
+                f"a field longer than {csv.field_size_limit():,} characters, "
+                "the most a CSV field may hold, starts on this line"
+            )
+            if end - start > 1:
+                problem += " (is a quote left open?)"
+        elif end - start == 1 and end > self.strict_through:
+            return start + 1, end, *_lenient_record(lines.lines[start], strict_error)
+        elif end - start == 1:
+            problem = f"bad CSV quoting ({strict_error})"
+        else:
+            problem = (
+                f"bad CSV quoting in a field running from this line to line "
+                f"{end} ({strict_error}): is a quote left open?"
+            )
+        return start + 1, end, None, problem
+
+
+class _Lines:
+    """The lines the csv reader reads, from a position that can move back."""
+
+    def __init__(self, lines):
+        self.lines = lines
+        self.position = 0  # the index of the next line to give
+        self.exhausted = False  # the reader asked for a line past the end
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.position >= len(self.lines):
+            self.exhausted = True
+            raise StopIteration
+        self.position += 1
+        return self.lines[self.position - 1]
+
+
+def _lenient_record(line, strict_error):
+    """`(fields, problem)` of a one-line record that strict CSV refuses.
+
+    The csv module's default reading keeps such rows (`"a"b` reads `ab`);
+    a quote it leaves open at the line's end would have taken the next
+    lines, so that record is refused.
+    """
+    try:
+        fields = next(csv.reader([line]))
+    except csv.Error as error:
+        return None, f"not a CSV row: {error}"
+    if any("\n" in field or "\r" in field for field in fields):
+        return None, (
+            f"bad CSV quoting ({strict_error}) leaves a quoted field open at "
+            "the end of this line"
+        )
+    return fields, None
+
+
 class JsonlReader(_ImageFilesReader):
-    """One JSON object per line; a list label is a multilabel row."""
+    """One JSON object per line; a list label is a multilabel row.
+
+    Values are strings; a label may also be a number or a list of strings
+    and numbers. A line that is not a JSON object, or holds a value of
+    another type, is a `malformed_row` saying what it holds.
+    """
 
     name = "jsonl"
     suffix = ".jsonl"
 
     @classmethod
     def read(cls, path, columns):
+        return cls.parse(_read_text_file(path), path, columns)
+
+    @classmethod
+    def parse(cls, text, path, columns):
+        """The `Manifest` of a JSONL file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
-        for line, text in enumerate(_read_text_file(path).split("\n"), start=1):
-            if not text.strip():
+        for line, content in enumerate(text.split("\n"), start=1):
+            if not content.strip():
                 continue
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
+                row = json.loads(content)
+            except (ValueError, RecursionError) as error:
+                # ValueError: JSONDecodeError, or an integer of more digits
+                # than Python converts; RecursionError: nesting too deep.
                 manifest.problems.append(
                     Problem(line, "malformed_row", f"not JSON: {error}", path)
                 )
@@ -244,30 +435,132 @@ class JsonlReader(_ImageFilesReader):
                     Problem(
                         line,
                         "malformed_row",
-                        f"a JSON {type(row).__name__}, not an object",
+                        f"a JSON {_json_type(row)}, not an object",
                         path,
                     )
                 )
                 continue
-            image = row.get(columns["image"])
-            label = row.get(columns["label"])
-            if isinstance(label, list):
-                label = LABEL_SEPARATOR.join(str(item) for item in label)
-            elif label is not None and not isinstance(label, str):
-                label = str(label)
-            text_value = row.get(columns["text"])
+            try:
+                image = _json_string(row, columns["image"])
+                text_value = _json_string(row, columns["text"])
+                label = _json_label(row, columns["label"])
+            except _WrongType as error:
+                manifest.problems.append(
+                    Problem(line, "malformed_row", str(error), path)
+                )
+                continue
             manifest.append(
                 line,
-                _resolve(folder, image) if isinstance(image, str) else None,
-                text_value if isinstance(text_value, str) else None,
+                _resolve(folder, image),
+                text_value,
                 (label.strip() or None) if label is not None else None,
             )
         return manifest
 
 
+class _WrongType(ValueError):
+    """A JSONL value of a type the column cannot hold."""
+
+
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _json_type(value):
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _wrong_type(key, expected, value):
+    if isinstance(value, (dict, list)):
+        shown = f"{len(value)} item(s)"
+    else:
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return _WrongType(
+        f"`{key}` must be {expected}. Received a JSON {_json_type(value)}: {shown}"
+    )
+
+
+def _json_string(row, key):
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong_type(key, "a string", value)
+
+
+def _json_label(row, key):
+    value = row.get(key)
+    expected = "a string, a number or a list of them"
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        if not all(isinstance(item, (str, int, float)) for item in value):
+            raise _wrong_type(key, expected, value)
+        return LABEL_SEPARATOR.join(str(item) for item in value)
+    raise _wrong_type(key, expected, value)
+
+
+class _NotARegularFile(OSError):
+    """A FIFO, device or socket: reading it could block or never end."""
+
+    def __init__(self, path, kind):
+        super().__init__(f"{path!r} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def _special_kind(mode):
+    """What a file that is neither a regular file nor a folder is, or None."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for is_kind, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if is_kind(mode):
+            return kind
+    return "a special file"
+
+
+def _read_regular_file(path):
+    """The bytes of a regular file, refusing special files without reading.
+
+    A FIFO would block `open` until something writes to it, and a device
+    may never end (`/dev/zero`), so the kind is checked with `stat` first;
+    the file is then opened non-blocking and checked again, in case it was
+    replaced in between.
+    """
+    kind = _special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise _NotARegularFile(path, kind)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    descriptor = os.open(path, flags)
+    with open(descriptor, "rb") as file:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        kind = _special_kind(mode)
+        if kind is not None:
+            raise _NotARegularFile(path, kind)
+        return file.read()
+
+
 def _read_text_file(path):
-    with open(path, "rb") as file:
-        data = file.read()
+    try:
+        data = _read_regular_file(path)
+    except OSError as error:  # e.g. replaced by a FIFO since it was checked
+        reason = error.strerror or error
+        raise ManifestError(f"Cannot read manifest {path!r}: {reason}") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     # surrogateescape keeps undecodable bytes as lone surrogates, so one
@@ -336,6 +629,11 @@ class TFRecordReader(SourceReader):
                     f"TFRecord shard {file!r} is corrupt after {len(manifest)} "
                     f"records: {error.message.splitlines()[0]}"
                 ) from None
+            except tf.errors.OpError as error:  # e.g. permission denied
+                raise ManifestError(
+                    f"TFRecord shard {file!r} cannot be read: "
+                    f"{error.message.splitlines()[0]}"
+                ) from None
         manifest.reader = cls(files, range(len(manifest)), infos, len(manifest))
         return manifest
 
@@ -390,14 +688,42 @@ class TFRecordReader(SourceReader):
 def shard_paths(path):
     """The shards of a TFRecord manifest (a folder or one file), in order."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        paths = sorted(glob.glob(os.path.join(path, "*.tfrecord")))
+    if _manifest_mode(path, "Manifest") == "folder":
+        paths = sorted(glob.glob(os.path.join(glob.escape(path), "*.tfrecord")))
         if not paths:
             raise ManifestError(f"No .tfrecord shards in folder {path!r}")
+        for shard in paths:
+            if _manifest_mode(shard, "TFRecord shard") == "folder":
+                raise ManifestError(
+                    f"TFRecord shard {shard!r} is a folder, not a regular file."
+                )
         return paths
-    if not os.path.isfile(path):
-        raise ManifestError(f"Manifest not found: {path!r}")
     return [path]
+
+
+def _manifest_mode(path, what):
+    """`"file"` or `"folder"`; a `ManifestError` for anything else.
+
+    A FIFO, device or socket is refused from `stat`, never opened: reading
+    one could block forever or never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ManifestError(f"{what} not found: {path!r}") from None
+    except OSError as error:
+        raise ManifestError(
+            f"Cannot read {what.lower()} {path!r}: {error.strerror}"
+        ) from None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    kind = _special_kind(mode)
+    if kind is not None:
+        raise ManifestError(
+            f"{what} {path!r} is {kind}, not a regular file: mmzoo reads "
+            "manifests from files (or folders of shards) only."
+        )
+    return "file"
 
 
 def _parse(record):
@@ -423,8 +749,9 @@ def read_manifest(path, columns=None):
         A `Manifest`.
 
     Raises:
-        ManifestError: the file is missing, is not a manifest, or a CSV
-            header lacks a required column.
+        ManifestError: the file is missing, unreadable, a FIFO, device or
+            socket, is not a manifest, or a CSV header is not CSV or lacks a
+            required column.
 
     Example:
 
@@ -434,8 +761,7 @@ def read_manifest(path, columns=None):
     """
     path = os.fspath(path)
     names = _column_names(columns)
-    if not os.path.exists(path):
-        raise ManifestError(f"Manifest not found: {path!r}")
+    _manifest_mode(path, "Manifest")
     for reader in READERS:
         if reader.recognises(path):
             return reader.read(path, names)
