@@ -15,7 +15,7 @@ RUN_DIR/
   metrics.json        validation and test metrics of best.keras
   curves.png, confusion_matrix.png
   logs/               TensorBoard
-  backup/             BackupAndRestore state while a run is unfinished
+  backup/             the last two epochs' state while a run is unfinished
 """
 
 import dataclasses
