@@ -69,10 +69,12 @@ def _data_to_tfrecord(args):
     from mmzoo.data.manifest import ManifestError
     from mmzoo.data.tfrecord import write_tfrecords
 
-    problem = _folder(args.out_dir) or _fraction(args.max_bad_fraction)
-    if problem:
-        argument = "out_dir" if _folder(args.out_dir) else "--max-bad-fraction"
-        return _usage_error("mmzoo data to-tfrecord", argument, problem)
+    for argument, problem in (
+        ("out_dir", _folder(args.out_dir)),
+        ("--max-bad-fraction", _fraction(args.max_bad_fraction)),
+    ):
+        if problem:
+            return _usage_error("mmzoo data to-tfrecord", argument, problem)
     try:
         paths, report = write_tfrecords(
             args.manifest,
@@ -94,7 +96,6 @@ def _data_easy_vqa(args):
 
     if args.out is not None and _folder(args.out):
         return _usage_error("mmzoo data easy-vqa", "--out", _folder(args.out))
-
     for split, path in easy_vqa(args.out).items():
         print(f"{split}: {path}")
     return 0
@@ -520,7 +521,9 @@ def _add_train_command(commands):
         help="train a model on a manifest and write a run folder",
         description="Train a model; writes model.keras, best.keras, "
         "labels.txt, tokenizer/, config.yaml, history.csv, metrics.json, "
-        "plots and TensorBoard logs to --out.",
+        "plots and TensorBoard logs to --out. Exit status: 0 when the run is "
+        "written, 1 when training diverged (the loss became NaN or infinite), "
+        "2 for a usage mistake or an input that cannot be used.",
     )
     _add_train_arguments(training)
     training.set_defaults(run=_train)

@@ -260,3 +260,26 @@ def test_every_command_has_a_baseline_that_parses(places, monkeypatch):
         values = {key: _fill(v, places) for key, v in BASELINES[path].items()}
         argv = _argv(path, parser, values)[len(path) :]
         parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("image_size: 7", "image_size"),
+        ("lr: .nan", "lr"),
+        ("max_bad_fraction: 2", "max_bad_fraction"),
+        ("epochs: many", "epochs"),
+        ("augment: maybe", "augment"),
+        ("fusion: [gated]", "fusion"),
+        ("epochs: [1", "not valid YAML"),
+    ],
+)
+def test_config_file_values_get_the_flags_checks(line, key, places, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"train: {places['manifest']}\nout: {tmp_path / 'run'}\n{line}\n")
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = cli.main(["train", "--config", str(path)])
+    error = stderr.getvalue()
+    assert status == 2 and error.count("\n") == 1 and key in error, error
+    assert sorted(os.listdir(tmp_path)) == ["run.yaml"]

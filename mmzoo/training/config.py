@@ -83,7 +83,8 @@ def load_yaml(path):
         try:
             values = yaml.safe_load(file)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            where = " ".join(str(error).split())
+            raise ConfigError(f"{path}: not valid YAML: {where}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
