@@ -39,7 +39,7 @@ def manifest(tmp_path_factory):
 
 
 def _settings(manifest):
-    return dict(train=manifest, val=manifest, epochs=EPOCHS, augment=True, **TINY)
+    return dict(train=manifest, epochs=EPOCHS, augment=True, **TINY)
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -85,8 +85,6 @@ def _train_flags(manifest, out):
     return [
         "train",
         "--train",
-        manifest,
-        "--val",
         manifest,
         "--augment",
         "--epochs",
@@ -217,21 +215,9 @@ def test_unusable_paths_create_nothing(key, value, message, manifest, tmp_path):
 
 def test_diverging_loss_stops_with_exit_status_1(manifest, tmp_path):
     out = tmp_path / "run"
-    status, error = _cli(
-        "train",
-        "--train",
-        manifest,
-        "--lr",
-        "1e30",
-        "--epochs",
-        2,
-        "--out",
-        out,
-        "--image-size",
-        32,
-        "--batch-size",
-        4,
-    )
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"train": str(manifest), "epochs": 2, **TINY}))
+    status, error = _cli("train", "--config", config, "--lr", "1e30", "--out", out)
     assert status == 1 and error.count("\n") == 1, error
     assert error.startswith("error: Training diverged: the loss became ")
     assert "in epoch 1, batch " in error and "lr=1e+30" in error
@@ -250,7 +236,6 @@ def test_diverged_run_leaves_no_model_and_no_backup(manifest, tmp_path):
     with pytest.raises(trainer.TrainingDiverged, match=r"in epoch 2, batch \d+\.") as e:
         trainer.train(
             train=manifest,
-            val=manifest,
             out=out,
             epochs=3,
             verbose=0,
