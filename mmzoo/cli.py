@@ -69,6 +69,12 @@ def _data_to_tfrecord(args):
     from mmzoo.data.manifest import ManifestError
     from mmzoo.data.tfrecord import write_tfrecords
 
+    for argument, problem in (
+        ("out_dir", _folder(args.out_dir)),
+        ("--max-bad-fraction", _fraction(args.max_bad_fraction)),
+    ):
+        if problem:
+            return _usage_error("mmzoo data to-tfrecord", argument, problem)
     try:
         paths, report = write_tfrecords(
             args.manifest,
@@ -88,6 +94,8 @@ def _data_to_tfrecord(args):
 def _data_easy_vqa(args):
     from mmzoo.data.builtin import easy_vqa
 
+    if args.out is not None and _folder(args.out):
+        return _usage_error("mmzoo data easy-vqa", "--out", _folder(args.out))
     for split, path in easy_vqa(args.out).items():
         print(f"{split}: {path}")
     return 0
@@ -103,7 +111,6 @@ def _configure_logging():
 
 def _train(args):
     from mmzoo.training import trainer
-    from mmzoo.training.config import ConfigError
 
     _configure_logging()
     given = {
@@ -111,11 +118,7 @@ def _train(args):
         for key, value in vars(args).items()
         if key not in ("command", "run", "config", "resume")
     }
-    try:
-        result = trainer.train(args.config, resume=args.resume, **given)
-    except (ConfigError, trainer.RunError, *_data_errors()) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = trainer.train(args.config, resume=args.resume, **given)
     from mmzoo.metrics import format_metrics
 
     for split in ("val", "test"):
@@ -126,26 +129,15 @@ def _train(args):
     return 0
 
 
-def _data_errors():
-    from mmzoo.data.check import DataError
-    from mmzoo.data.manifest import ManifestError
-
-    return (DataError, ManifestError, FileNotFoundError)
-
-
 def _evaluate(args):
     import json
 
     from mmzoo.training.evaluation import evaluate
 
     _configure_logging()
-    try:
-        metrics, path = evaluate(
-            args.model, args.data, out=args.out, batch_size=args.batch_size
-        )
-    except _data_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    metrics, path = evaluate(
+        args.model, args.data, out=args.out, batch_size=args.batch_size
+    )
     from mmzoo.metrics import format_metrics
 
     print(format_metrics(metrics) if "examples" in metrics else json.dumps(metrics))
@@ -156,11 +148,7 @@ def _evaluate(args):
 def _predict(args):
     from mmzoo.runs import predict
 
-    try:
-        result = predict(args.model, args.image, args.text, top_k=args.top_k)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = predict(args.model, args.image, args.text, top_k=args.top_k)
     if "labels" in result:
         for label, score in zip(result["labels"], result["scores"], strict=True):
             print(f"{score:8.4f}  {label}")
@@ -174,43 +162,37 @@ def _predict(args):
 
 
 def _export(args):
-    import os
-
     from mmzoo.runs import load_run
 
     if not (args.saved_model or args.tflite):
         print("error: pass --saved-model DIR and/or --tflite FILE", file=sys.stderr)
         return 2
     _configure_logging()
-    try:
-        run = load_run(args.model)
-        if args.saved_model:
-            from mmzoo.export.saved_model import export_saved_model
+    run = load_run(args.model)
+    if args.saved_model:
+        from mmzoo.export.saved_model import export_saved_model
 
-            folder = os.path.normpath(args.saved_model)
-            path = export_saved_model(
-                run,
-                base=os.path.dirname(folder) or ".",
-                name=os.path.basename(folder),
-                version=args.version,
-            )
-            print(f"SavedModel written to {path}")
-        if args.tflite:
-            from mmzoo.export.tflite import export_tflite
+        folder = os.path.normpath(args.saved_model)
+        path = export_saved_model(
+            run,
+            base=os.path.dirname(folder) or ".",
+            name=os.path.basename(folder),
+            version=args.version,
+        )
+        print(f"SavedModel written to {path}")
+    if args.tflite:
+        from mmzoo.export.tflite import export_tflite
 
-            report = export_tflite(
-                run,
-                args.tflite,
-                quantize=args.quantize,
-                representative=args.representative,
-            )
-            print(
-                f"TFLite ({report['quantize']}) written to {report['path']}: "
-                f"{report['bytes']:,} bytes, {report['size_ratio']:.2f}x float32"
-            )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        report = export_tflite(
+            run,
+            args.tflite,
+            quantize=args.quantize,
+            representative=args.representative,
+        )
+        print(
+            f"TFLite ({report['quantize']}) written to {report['path']}: "
+            f"{report['bytes']:,} bytes, {report['size_ratio']:.2f}x float32"
+        )
     return 0
 
 
@@ -229,39 +211,172 @@ def _names(names):
     return "one of: " + ", ".join(names)
 
 
+# === Flag values ===
+# Each flag's value is checked as it is parsed, so a value the command could
+# not use is a usage error (exit status 2, one line naming the flag) before
+# anything is read, built or written.
+
+
+def _flag_type(name, convert, check=None):
+    """An argparse `type`: `convert` the text, then `check` the value."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {name}. Received: {text!r}"
+            ) from None
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _config_flag(key, convert=str):
+    """A `mmzoo train` flag: the same check as the run config key `key`."""
+    from mmzoo.training.config import ConfigError
+    from mmzoo.training.config import check_value
+
+    def check(value):
+        try:
+            check_value(key, value)
+        except ConfigError as error:
+            return str(error)
+        return None
+
+    kinds = {int: "an integer", float: "a number", str: "a value"}
+    return _flag_type(kinds[convert], convert, check)
+
+
+def _positive(value):
+    return None if value >= 1 else f"must be a positive integer. Received: {value}"
+
+
+def _existing(value):
+    if not os.path.exists(value):
+        return f"no file or folder at {value!r}"
+    return None
+
+
+def _existing_file(value):
+    if not os.path.isfile(value):
+        return f"no file at {value!r}"
+    return None
+
+
+def _new_file(value):
+    """An output file: not a folder, and its folder exists."""
+    if os.path.isdir(value):
+        return f"{value!r} is a folder; expected a file path"
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} does not exist"
+    return None
+
+
+def _output_file(value):
+    """An output file whose folder the command creates."""
+    if os.path.isdir(value):
+        return f"{value!r} is a folder; expected a file path"
+    return _no_file_above(value)
+
+
+def _folder(value):
+    """An output folder: absent (it is created) or a folder."""
+    if os.path.exists(value) and not os.path.isdir(value):
+        return f"{value!r} is a file; expected a folder"
+    return _no_file_above(value)
+
+
+def _no_file_above(value):
+    parent = os.path.dirname(os.path.abspath(value))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        return f"{parent!r} is a file, so {value!r} cannot be created"
+    return None
+
+
+def _serving_folder(value):
+    """`--saved-model BASE/NAME`: NAME is the model's name in TF Serving."""
+    from mmzoo.export.saved_model import _MODEL_NAME
+
+    problem = _folder(value)
+    if problem:
+        return problem
+    name = os.path.basename(os.path.normpath(value))
+    if not _MODEL_NAME.fullmatch(name):
+        return (
+            f"the folder's name, {name!r}, is the model's name in TF Serving URLs: "
+            "letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return None
+
+
+def _fraction(value):
+    if not 0 <= value <= 1:
+        return f"must be a number from 0 to 1. Received: {value}"
+    return None
+
+
+def _usage_error(prog, argument, problem):
+    """A flag value found unusable after parsing, as `_Parser.error` says it."""
+    print(f"error: {prog}: argument {argument}: {problem}", file=sys.stderr)
+    return 2
+
+
+_INTEGER = _flag_type("an integer", int, _positive)
+_PATH = _flag_type("a path", str, _existing)
+_FILE = _flag_type("a file path", str, _existing_file)
+_NEW_FILE = _flag_type("a file path", str, _new_file)
+_OUTPUT_FILE = _flag_type("a file path", str, _output_file)
+_FOLDER = _flag_type("a folder path", str, _folder)
+_SERVING_FOLDER = _flag_type("a folder path", str, _serving_folder)
+
+
 def _add_train_arguments(parser):
     from mmzoo.training.config import STRATEGIES
 
     add = parser.add_argument
     keep = {"default": argparse.SUPPRESS}
-    add("--config", help="a YAML file of the same keys (flags override it)")
-    add("--train", metavar="M", help="training manifest", **keep)
-    add("--val", metavar="M", help="validation manifest", **keep)
-    add("--test", metavar="M", help="test manifest", **keep)
-    add("--out", metavar="RUN_DIR", help="the run folder to write", **keep)
-    add("--image-tower", help=_names(registry.list_image_towers()), **keep)
-    add("--text-tower", help=_names(registry.list_text_towers()), **keep)
-    add("--fusion", help=_names(registry.list_fusions()), **keep)
+
+    def flag(name, key=None, convert=str, **kwargs):
+        key = key or name[2:].replace("-", "_")
+        add(name, type=_config_flag(key, convert), **keep, **kwargs)
+
+    add("--config", type=_FILE, help="a YAML file of the same keys (flags override it)")
+    flag("--train", metavar="M", help="training manifest")
+    flag("--val", metavar="M", help="validation manifest")
+    flag("--test", metavar="M", help="test manifest")
+    flag("--out", metavar="RUN_DIR", help="the run folder to write")
+    flag("--image-tower", help=_names(registry.list_image_towers()))
+    flag("--text-tower", help=_names(registry.list_text_towers()))
+    flag("--fusion", help=_names(registry.list_fusions()))
     add("--task", choices=registry.list_tasks(), **keep)
-    add("--image-size", type=int, metavar="N", **keep)
-    add("--max-tokens", type=int, metavar="N", **keep)
-    add("--vocab-size", type=int, metavar="N", **keep)
-    add("--image-weights", metavar="none|imagenet|PATH", **keep)
+    flag("--image-size", convert=int, metavar="N")
+    flag("--max-tokens", convert=int, metavar="N")
+    flag("--vocab-size", convert=int, metavar="N")
+    flag("--image-weights", metavar="none|imagenet|PATH")
     add("--freeze-image-tower", action="store_true", **keep)
-    add("--text-preset", metavar="DIR", help="keras-hub preset (bert tower)", **keep)
-    add("--epochs", type=int, metavar="N", **keep)
-    add("--batch-size", type=int, metavar="N", **keep)
-    add("--lr", type=float, metavar="F", help="learning rate", **keep)
+    flag("--text-preset", metavar="DIR", help="keras-hub preset (bert tower)")
+    flag("--epochs", convert=int, metavar="N")
+    flag("--batch-size", convert=int, metavar="N")
+    flag("--lr", convert=float, metavar="F", help="learning rate")
     add("--lr-schedule", choices=("constant", "cosine"), **keep)
     add("--mixed-precision", action="store_true", help="mixed_float16", **keep)
     add("--xla", action="store_true", help="compile steps with XLA", **keep)
     add("--strategy", choices=STRATEGIES, **keep)
-    add("--seed", type=int, metavar="N", **keep)
+    flag("--seed", convert=int, metavar="N")
     add("--resize", choices=("stretch", "pad"), **keep)
     add("--augment", action="store_true", **keep)
-    add("--cache", metavar="memory|none|PATH", **keep)
-    add("--patience", type=int, metavar="N", help="early stopping", **keep)
-    add("--max-bad-fraction", type=float, metavar="F", **keep)
+    flag("--cache", metavar="memory|none|PATH")
+    flag("--patience", convert=int, metavar="N", help="early stopping")
+    flag("--max-bad-fraction", convert=float, metavar="F")
     add(
         "--resume",
         action="store_true",
@@ -288,8 +403,19 @@ def _benchmark(argv):
     return suite.main(argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line on stderr, exit status 2.
+
+    (argparse prints the whole usage first; the line names the flag and
+    where `--help` is.)
+    """
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmzoo",
         description="mmzoo: a Keras 3 model zoo for image + text recognition.",
     )
@@ -395,7 +521,9 @@ def _add_train_command(commands):
         help="train a model on a manifest and write a run folder",
         description="Train a model; writes model.keras, best.keras, "
         "labels.txt, tokenizer/, config.yaml, history.csv, metrics.json, "
-        "plots and TensorBoard logs to --out.",
+        "plots and TensorBoard logs to --out. Exit status: 0 when the run is "
+        "written, 1 when training diverged (the loss became NaN or infinite), "
+        "2 for a usage mistake or an input that cannot be used.",
     )
     _add_train_arguments(training)
     training.set_defaults(run=_train)
@@ -405,10 +533,16 @@ def _add_evaluate_command(commands):
     evaluation = commands.add_parser(
         "evaluate", help="metrics of a trained model on a manifest"
     )
-    evaluation.add_argument("model", help="a run folder or a .keras file in one")
-    evaluation.add_argument("--data", required=True, metavar="M")
-    evaluation.add_argument("--out", help="metrics JSON (default: in the run folder)")
-    evaluation.add_argument("--batch-size", type=int, default=64)
+    evaluation.add_argument(
+        "model", type=_PATH, help="a run folder or a .keras file in one"
+    )
+    evaluation.add_argument("--data", type=_PATH, required=True, metavar="M")
+    evaluation.add_argument(
+        "--out", type=_NEW_FILE, help="metrics JSON (default: in the run folder)"
+    )
+    evaluation.add_argument(
+        "--batch-size", type=_config_flag("batch_size", int), default=64
+    )
     evaluation.set_defaults(run=_evaluate)
 
 
@@ -416,10 +550,12 @@ def _add_predict_command(commands):
     prediction = commands.add_parser(
         "predict", help="top-k labels for one image and one text"
     )
-    prediction.add_argument("model", help="a run folder or a .keras file in one")
-    prediction.add_argument("--image", required=True, help="an image file")
+    prediction.add_argument(
+        "model", type=_PATH, help="a run folder or a .keras file in one"
+    )
+    prediction.add_argument("--image", type=_FILE, required=True, help="an image file")
     prediction.add_argument("--text", required=True)
-    prediction.add_argument("--top-k", type=int, default=5)
+    prediction.add_argument("--top-k", type=_INTEGER, default=5)
     prediction.set_defaults(run=_predict)
 
 
@@ -433,12 +569,19 @@ def _add_export_command(commands):
         "(savedmodels/NAME/VERSION, savedmodels/models.config updated) and/or "
         "a TFLite file with its labels, vocabulary and pure-Python tokenizer.",
     )
-    export.add_argument("model", help="a run folder or a .keras file in one")
     export.add_argument(
-        "--saved-model", metavar="DIR", help="e.g. savedmodels/easy_vqa"
+        "model", type=_PATH, help="a run folder or a .keras file in one"
     )
-    export.add_argument("--version", type=int, help="default: the next free one")
-    export.add_argument("--tflite", metavar="FILE", help="e.g. app/model.tflite")
+    export.add_argument(
+        "--saved-model",
+        type=_SERVING_FOLDER,
+        metavar="DIR",
+        help="e.g. savedmodels/easy_vqa",
+    )
+    export.add_argument("--version", type=_INTEGER, help="default: the next free one")
+    export.add_argument(
+        "--tflite", type=_OUTPUT_FILE, metavar="FILE", help="e.g. app/model.tflite"
+    )
     export.add_argument(
         "--quantize",
         default="none",
@@ -447,6 +590,7 @@ def _add_export_command(commands):
     )
     export.add_argument(
         "--representative",
+        type=_PATH,
         metavar="M",
         help="int8 calibration manifest (default: the run's training data)",
     )
@@ -458,13 +602,16 @@ def _add_demo_command(commands):
         "demo",
         help="the main job: fusions vs unimodal baselines on easy-VQA",
     )
-    demo.add_argument("--out", default="runs/demo", help="default runs/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--out", type=_FOLDER, default="runs/demo", help="default runs/demo"
+    )
+    demo.add_argument("--seed", type=_config_flag("seed", int), default=0)
     demo.add_argument(
         "--quick", action="store_true", help="a tiny run that checks the wiring"
     )
     demo.add_argument(
         "--savedmodels",
+        type=_FOLDER,
         default="savedmodels",
         help="TF Serving model base folder for the export (default savedmodels)",
     )
@@ -474,12 +621,48 @@ def _add_demo_command(commands):
     demo.set_defaults(run=_demo)
 
 
+def _failures():
+    """What a user's mistake or an unusable file raises: `error: ...`, not a
+    traceback. mmzoo raises `ValueError`s (ConfigError, ManifestError,
+    DataError, ModelFileError, ...) for values and files it cannot use."""
+    from mmzoo.training.trainer import RunError
+
+    return (
+        ValueError,
+        RunError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
 def main(argv=None):
+    """Run `mmzoo ARGS`; returns the exit status.
+
+    0: done. 2: a usage mistake, or an input (manifest, model, run folder)
+    that cannot be used, in one line `error: ...` on stderr. `mmzoo train`
+    exits 1 when training diverges (a failed run, not a mistake in the
+    command) and `mmzoo data check` when a row is bad. Set MMZOO_TRACEBACK=1
+    to see the traceback behind an `error:` line.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["benchmark"]:
         return _benchmark(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("MMZOO_TRACEBACK") or not isinstance(error, _failures()):
+            raise
+        from mmzoo.training.trainer import TrainingDiverged
+
+        print(f"error: {error}", file=sys.stderr)
+        return 1 if isinstance(error, TrainingDiverged) else 2
 
 
 if __name__ == "__main__":

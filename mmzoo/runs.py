@@ -15,7 +15,7 @@ RUN_DIR/
   metrics.json        validation and test metrics of best.keras
   curves.png, confusion_matrix.png
   logs/               TensorBoard
-  backup/             BackupAndRestore state while a run is unfinished
+  backup/             the last two epochs' state while a run is unfinished
 """
 
 import dataclasses
@@ -27,6 +27,7 @@ import yaml
 
 from mmzoo.builder import explained_model
 from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.saving import ModelFileError
 from mmzoo.saving import load_model
 from mmzoo.tasks import get_task
 
@@ -119,14 +120,52 @@ def load_run(path):
     if os.path.isdir(os.path.join(directory, TOKENIZER)):
         tokenizer = load_tokenizer(os.path.join(directory, TOKENIZER))
     model = load_model(model_path)
+    task = get_task(config.get("task", "multiclass"))
+    _check_run_model(model, model_path, task)
     if "tokens" in model.input and tokenizer is None:
         raise FileNotFoundError(
             f"{model_path} takes token ids, but {directory} has no "
             f"{TOKENIZER}/ folder to make them."
         )
-    if get_task(config.get("task", "multiclass")).classes and labels is None:
+    if task.classes and labels is None:
         raise FileNotFoundError(f"{directory} has no {LABELS} for the model's classes.")
     return Run(model, tokenizer, labels, config, directory)
+
+
+def _check_run_model(model, path, task):
+    """Refuse a Keras model that a run cannot feed (not an mmzoo model).
+
+    A run gives the model a dict of named inputs, `image` and `tokens` (or
+    `text`), and reads the task's output by name from a dict of outputs.
+    """
+    try:
+        inputs, outputs = model.input, model.output
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    names = set(inputs) if isinstance(inputs, dict) else set()
+    if "image" not in names or not names & {"tokens", "text"}:
+        raise ModelFileError(
+            f"{path!r} holds a Keras model that is not an mmzoo model: it takes "
+            f"{_describe(inputs)}, not a dict of 'image' and 'tokens' (or "
+            "'text'). Load it with keras.saving.load_model, or train an mmzoo "
+            "model with `mmzoo train`."
+        )
+    if not isinstance(outputs, dict) or task.output_name not in outputs:
+        raise ModelFileError(
+            f"{path!r} holds a Keras model without the {task.output_name!r} "
+            f"output that a {task.name} run reads: it returns "
+            f"{_describe(outputs)}."
+        )
+
+
+def _describe(tensors):
+    if tensors is None:
+        return "no defined inputs or outputs (a subclassed model)"
+    if isinstance(tensors, dict):
+        return "a dict of " + ", ".join(repr(name) for name in sorted(tensors))
+    if isinstance(tensors, (list, tuple)):
+        return f"a list of {len(tensors)} unnamed tensors"
+    return f"one unnamed tensor of shape {tuple(tensors.shape)}"
 
 
 def _read_config(path):

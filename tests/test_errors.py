@@ -6,6 +6,8 @@ import pytest
 from harness import TINY
 
 import mmzoo
+from mmzoo.export import grpc_request
+from mmzoo.export import rest_request
 
 
 def test_unknown_fusion_lists_choices_and_closest_match():
@@ -124,3 +126,50 @@ def test_late_combine_is_checked():
         ValueError, match="`late_combine` must be one of .*Did you mean 'average'"
     ):
         mmzoo.build_model(fusion="late", late_combine="avg", **TINY)
+
+
+# === Client helpers: the offending item named ===
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "images, texts, error, match",
+    [
+        (
+            [PNG, PNG],
+            ["ok", b"caf\xe9"],
+            ValueError,
+            r"texts\[1\] is not valid UTF-8: "
+            r"byte 0xe9 at position 3",
+        ),
+        (
+            [PNG],
+            ["a \ud83d b"],
+            ValueError,
+            r"texts\[0\] holds the lone surrogate "
+            r"'\\ud83d' at position 2",
+        ),
+        ([PNG, PNG], ["a", None], TypeError, r"texts\[1\] is None"),
+        ([PNG, None], ["a", "b"], TypeError, r"images\[1\] is None"),
+        ([PNG, 3], ["a", "b"], TypeError, r"images\[1\] must be the image file's"),
+        (
+            ["x\ud800.png"],
+            ["a"],
+            ValueError,
+            r"images\[0\]: the path .* holds the "
+            r"lone surrogate",
+        ),
+        (["missing.png"], ["a"], FileNotFoundError, r"'missing.png' \(images\[0\]\)"),
+        (None, ["a"], TypeError, r"`images` must be a list .*Received: None"),
+        ([PNG], None, TypeError, r"`texts` must be a list .*Received: None"),
+        (5, ["a"], TypeError, r"`images` and `texts` must be lists"),
+    ],
+)
+@pytest.mark.parametrize("helper", ["rest", "grpc"])
+def test_client_helpers_name_the_bad_item(helper, images, texts, error, match):
+    with pytest.raises(error, match=match):
+        if helper == "rest":
+            rest_request(images, texts)
+        else:
+            grpc_request(images, texts, "model")

@@ -259,7 +259,11 @@ def test_killed_process_resumes_from_the_command_line(manifest, tmp_path):
         timeout=300,
     )
     assert killed.returncode == 137, killed.stderr[-2000:]
-    assert (run / "backup").is_dir()
+    assert sorted(os.listdir(run / "backup")) == ["epoch-0001", "epoch-0002"]
+    # The newest backup damaged (a disk that lost its tail): resume falls
+    # back to the one before and trains its epoch again.
+    weights = run / "backup" / "epoch-0002" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
     arguments = [
         "train",
         "--train",
@@ -279,6 +283,8 @@ def test_killed_process_resumes_from_the_command_line(manifest, tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = mmzoo_cli(*arguments, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{weights} is damaged" in resumed.stderr
+    assert "resuming from the backup of epoch 1 instead" in resumed.stderr
     lines = (run / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
     assert (run / "model.keras").is_file() and not (run / "backup").exists()

@@ -36,6 +36,7 @@ notion of is written here: the TF Serving folder layout and config, the
 warmup records, the model card and the files clients need.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -420,13 +421,57 @@ def _read_metrics(directory):
         return json.load(file)
 
 
+_CLAIM = ".claim-"
+
+
 def _next_version(model_folder):
-    versions = [
-        int(entry)
-        for entry in (os.listdir(model_folder) if os.path.isdir(model_folder) else ())
-        if entry.isdigit()
-    ]
+    """One more than the highest version present or claimed."""
+    versions = []
+    for entry in os.listdir(model_folder) if os.path.isdir(model_folder) else ():
+        number = entry[len(_CLAIM) :] if entry.startswith(_CLAIM) else entry
+        if number.isdigit():
+            versions.append(int(number))
     return max(versions, default=0) + 1
+
+
+def _claim_version(model_folder, version):
+    """Reserve `version` for this export; returns the claim to remove after.
+
+    The claim is a folder `.claim-N` (TF Serving reads only numeric
+    folders) made with `os.mkdir`, which exactly one process wins: two
+    exports of the same model at the same time get two versions, and
+    `_next_version` counts claims, so the loser takes the next number.
+    With `version=None` the next free number is claimed.
+    """
+    os.makedirs(model_folder, exist_ok=True)
+    explicit = version is not None
+    for _ in range(1000):
+        number = version if explicit else _next_version(model_folder)
+        target = os.path.join(model_folder, str(number))
+        claim = os.path.join(model_folder, f"{_CLAIM}{number}")
+        if os.path.exists(target):
+            if explicit:
+                break
+            continue
+        try:
+            os.mkdir(claim)
+        except FileExistsError:
+            if explicit:
+                raise FileExistsError(
+                    f"{target} is being exported by another process (it holds "
+                    f"{claim}; if no export is running, a killed one left it: "
+                    "remove it). Pass another `version`, or leave it out."
+                ) from None
+            continue
+        if not os.path.exists(target):
+            return number, claim
+        os.rmdir(claim)
+        if explicit:
+            break
+    raise FileExistsError(
+        f"{target} exists: versions are never overwritten. Pass another "
+        "`version`, or leave it out for the next free number."
+    )
 
 
 def _check_version(version):
@@ -467,10 +512,33 @@ def write_models_config(base="savedmodels", serving_root=DEFAULT_SERVING_ROOT):
     >>> write_models_config("savedmodels")
     'savedmodels/models.config'
     """
+    base = os.fspath(base)
+    # Listing the models and writing the file under one lock: two exports
+    # finishing together each list the other's model, the later one last.
+    with _locked(os.path.join(base, ".models.config.lock")):
+        return _write_models_config(base, serving_root)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive `fcntl` lock on `path` (none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _write_models_config(base, serving_root):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    base = os.fspath(base)
     root = os.path.abspath(base) if serving_root is None else serving_root
     config = model_server_config_pb2.ModelServerConfig()
     for name in sorted(os.listdir(base)):
@@ -494,10 +562,15 @@ def write_models_config(base="savedmodels", serving_root=DEFAULT_SERVING_ROOT):
     )
     # Written aside and renamed over the old file: a server polling the file
     # (--model_config_file_poll_wait_seconds) never reads half of it.
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(header + text_format.MessageToString(config))
-    os.replace(temporary, path)
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(header + text_format.MessageToString(config))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
     return path
 
 
@@ -577,15 +650,14 @@ def export_saved_model(
         )
     base = os.fspath(base)
     model_folder = os.path.join(base, name)
-    if version is None:
-        version = _next_version(model_folder)
-    _check_version(version)
-    target = os.path.join(model_folder, str(version))
-    if os.path.exists(target):
-        raise FileExistsError(
-            f"{target} exists: versions are never overwritten. Pass another "
-            "`version`, or leave it out for the next free number."
-        )
+    if version is not None:
+        _check_version(version)
+        target = os.path.join(model_folder, str(version))
+        if os.path.exists(target):
+            raise FileExistsError(
+                f"{target} exists: versions are never overwritten. Pass another "
+                "`version`, or leave it out for the next free number."
+            )
     examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
     examples = _check_warmup(examples)
 
@@ -599,11 +671,16 @@ def export_saved_model(
         top_k=top_k,
     )
     label_names = list(run.labels.names) if run.task.classes else None
+    # The number is claimed before the long work, so a concurrent export of
+    # the same model takes another one instead of failing at the end.
+    created = not os.path.isdir(model_folder)
+    version, claim = _claim_version(model_folder, version)
+    target = os.path.join(model_folder, str(version))
     # A dot-folder: TF Serving only loads numeric version folders. (Not
     # `tempfile.mkdtemp`, whose mode 0700 would stay with the version.)
     staging = os.path.join(model_folder, f".export-{uuid.uuid4().hex}")
-    os.makedirs(staging)
     try:
+        os.makedirs(staging)
         archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
@@ -620,6 +697,13 @@ def export_saved_model(
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        os.rmdir(claim)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(model_folder)
         raise
+    # Removed once the version exists: at every moment one of the two
+    # tells `_next_version` the number is taken.
+    os.rmdir(claim)
     write_models_config(base, serving_root)
     return target

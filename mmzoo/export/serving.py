@@ -23,48 +23,98 @@ IMAGE_INPUT = "image_bytes"
 TEXT_INPUT = "text"
 
 
-def _image_bytes(image):
-    """The bytes of an image given as bytes or as a file path."""
+def _image_bytes(image, where="image"):
+    """The bytes of an image given as bytes or as a file path.
+
+    `where` names the item in errors, e.g. "images[3]".
+    """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    if image is None:
+        raise TypeError(
+            f"{where} is None: each image must be the file's bytes or its path."
+        )
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
+        try:
+            os.fsencode(path)
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{where}: the path {path!r} holds {_bad_character(error)}, which "
+                "no file name can hold."
+            ) from None
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Image not found: {path!r}")
+            raise FileNotFoundError(f"Image not found: {path!r} ({where})")
         with open(path, "rb") as file:
             return file.read()
     raise TypeError(
-        "Each image must be the file's bytes or its path. "
+        f"{where} must be the image file's bytes or its path. "
         f"Received: an image of type {type(image).__name__}"
     )
 
 
-def _text_bytes(text):
+def _text_bytes(text, where="text"):
+    """A text as UTF-8 bytes; `where` names the item in errors."""
     if isinstance(text, str):
-        return text.encode("utf-8")
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{where} holds {_bad_character(error)}, which UTF-8 cannot "
+                "encode (a str decoded with errors='surrogateescape', or half "
+                "of a UTF-16 pair?)."
+            ) from None
     if isinstance(text, (bytes, bytearray)):
-        return bytes(text)
+        text = bytes(text)
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{where} is not valid UTF-8: byte 0x{text[error.start]:02x} at "
+                f"position {error.start} ({error.reason}). Decode it with the "
+                "right encoding and pass a str."
+            ) from None
+        return text
+    if text is None:
+        raise TypeError(f"{where} is None: each text must be a str (or UTF-8 bytes).")
     raise TypeError(
-        f"Each text must be a str (or UTF-8 bytes). Received: a text of type "
+        f"{where} must be a str (or UTF-8 bytes). Received: a text of type "
         f"{type(text).__name__}"
     )
+
+
+def _bad_character(error):
+    character = error.object[error.start]
+    return f"the lone surrogate {character!r} at position {error.start}"
 
 
 def _pairs(images, texts):
     """`(list of image bytes, list of text bytes)`, one text per image."""
     for argument, value in (("images", images), ("texts", texts)):
+        if value is None:
+            raise TypeError(
+                f"`{argument}` must be a list (one entry per example). Received: None"
+            )
         if isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
             raise TypeError(
                 f"`{argument}` must be a list (one entry per example). "
                 f"Received: a single {type(value).__name__}; wrap it in a list."
             )
-    images, texts = list(images), list(texts)
+    try:
+        images, texts = list(images), list(texts)
+    except TypeError as error:
+        raise TypeError(
+            f"`images` and `texts` must be lists (one entry per example): {error}"
+        ) from None
     if len(images) != len(texts):
         raise ValueError(
             "`images` and `texts` must have the same length (one text per "
             f"image). Received: {len(images)} images and {len(texts)} texts"
         )
-    return [_image_bytes(image) for image in images], [_text_bytes(t) for t in texts]
+    return (
+        [_image_bytes(image, f"images[{i}]") for i, image in enumerate(images)],
+        [_text_bytes(text, f"texts[{i}]") for i, text in enumerate(texts)],
+    )
 
 
 def rest_request(images, texts, signature_name=SIGNATURE_NAME):

@@ -7,16 +7,19 @@ flags given. The resolved dict is saved as `config.yaml` in the run folder.
 """
 
 import difflib
+import math
 import os
 
 import yaml
 
+from mmzoo import registry
 from mmzoo.checks import check_choice
 from mmzoo.checks import plain_data
 from mmzoo.registry import FUSIONS
 from mmzoo.registry import IMAGE_TOWERS
 from mmzoo.registry import TASKS
 from mmzoo.registry import TEXT_TOWERS
+from mmzoo.towers.image import MIN_IMAGE_SIZE
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -58,11 +61,17 @@ DEFAULTS = {
     "out": None,
 }
 
-_POSITIVE_INTEGERS = ("image_size", "max_tokens", "vocab_size", "epochs", "batch_size")
-
 
 class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the key."""
+    """A run configuration that cannot work; the message names the key.
+
+    Attributes:
+        key: the configuration key at fault (`None` for the file itself).
+    """
+
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key
 
 
 def load_yaml(path):
@@ -74,7 +83,8 @@ def load_yaml(path):
         try:
             values = yaml.safe_load(file)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            where = " ".join(str(error).split())
+            raise ConfigError(f"{path}: not valid YAML: {where}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -120,50 +130,200 @@ def _check_keys(values):
             close = difflib.get_close_matches(key, DEFAULTS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"Unknown run config key {key!r}.{hint} Valid keys: {sorted(DEFAULTS)}"
+                f"Unknown run config key {key!r}.{hint} Valid keys: {sorted(DEFAULTS)}",
+                key,
             )
 
 
 def validate(config):
-    """Raise `ConfigError` naming the first key that cannot work."""
-    try:
-        check_choice("image_tower", config["image_tower"], IMAGE_TOWERS)
-        check_choice("text_tower", config["text_tower"], TEXT_TOWERS)
-        check_choice("fusion", config["fusion"], FUSIONS)
-        check_choice("task", config["task"], TASKS)
-        check_choice("strategy", config["strategy"], STRATEGIES)
-        check_choice("resize", config["resize"], ("stretch", "pad"))
-        check_choice("lr_schedule", config["lr_schedule"], ("constant", "cosine"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for key in _POSITIVE_INTEGERS:
-        value = config[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(
-                f"`{key}` must be a positive integer. Received: {key}={value!r}"
-            )
-    if not isinstance(config["lr"], (int, float)) or config["lr"] <= 0:
-        raise ConfigError(
-            f"`lr` must be a positive number. Received: lr={config['lr']!r}"
-        )
+    """Raise `ConfigError` naming the first key that cannot work.
+
+    Every value is checked before anything is written or built (see
+    `check_value`), then the keys that depend on each other.
+    """
+    for key in DEFAULTS:
+        check_value(key, config[key])
     if config["train"] is None:
-        raise ConfigError("`train` (a training manifest) is required.")
+        raise ConfigError("`train` (a training manifest) is required.", "train")
     if config["out"] is None:
-        raise ConfigError("`out` (the run folder) is required.")
-    if not isinstance(config["model"], dict):
-        raise ConfigError(
-            "`model` holds extra build_model arguments as a mapping. "
-            f"Received: model={config['model']!r}"
-        )
-    if config["image_weights"] in ("none", "None", ""):
+        raise ConfigError("`out` (the run folder) is required.", "out")
+    if config["image_weights"] in _NO_WEIGHTS:
         config["image_weights"] = None
-    if config["patience"] is not None and (
-        not isinstance(config["patience"], int) or config["patience"] < 1
-    ):
-        raise ConfigError(
-            "`patience` must be a positive integer or None. "
-            f"Received: patience={config['patience']!r}"
-        )
+    takes = set(registry.text_tower(config["text_tower"]).arguments.values())
+    for key in ("text_preset", "hub_handle"):
+        if config[key] is not None and key not in takes:
+            users = sorted(
+                name
+                for name, spec in TEXT_TOWERS.items()
+                if key in spec.arguments.values()
+            )
+            raise ConfigError(
+                f"`{key}` is only read by text_tower {' or '.join(map(repr, users))}. "
+                f"Received: {key}={config[key]!r} with "
+                f"text_tower={config['text_tower']!r}",
+                key,
+            )
+
+
+# === One value at a time ===
+
+_CHOICES = {
+    "image_tower": IMAGE_TOWERS,
+    "text_tower": TEXT_TOWERS,
+    "fusion": FUSIONS,
+    "task": TASKS,
+    "strategy": STRATEGIES,
+    "resize": ("stretch", "pad"),
+    "lr_schedule": ("constant", "cosine"),
+}
+_NO_WEIGHTS = ("none", "None", "")
+_NO_CACHE = ("none", "None")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least(low):
+    return lambda value: _is_int(value) and value >= low
+
+
+# key: (test, what the value must be). Keys not listed take any value of
+# the right kind, checked where it is used (`model`, `columns`).
+_RULES = {
+    "image_size": (
+        _at_least(MIN_IMAGE_SIZE),
+        f"an integer of at least {MIN_IMAGE_SIZE}",
+    ),
+    "max_tokens": (_at_least(1), "a positive integer"),
+    # Ids 0 and 1 are [PAD] and [UNK] (`build_vocabulary`).
+    "vocab_size": (_at_least(2), "an integer of at least 2 ([PAD] and [UNK])"),
+    "epochs": (_at_least(1), "a positive integer"),
+    "batch_size": (_at_least(1), "a positive integer"),
+    "lr": (
+        lambda value: _is_number(value) and math.isfinite(value) and value > 0,
+        "a finite positive number",
+    ),
+    "max_bad_fraction": (
+        lambda value: _is_number(value) and 0 <= value <= 1,
+        "a number from 0 to 1",
+    ),
+    # `keras.utils.set_random_seed` hands it to NumPy, which takes 32 bits.
+    "seed": (
+        lambda value: _is_int(value) and 0 <= value < 2**32,
+        "an integer from 0 to 2**32 - 1",
+    ),
+    "patience": (
+        lambda value: value is None or (_is_int(value) and value >= 1),
+        "a positive integer or None",
+    ),
+    "augment": (
+        lambda value: isinstance(value, (bool, dict)),
+        "true, false or a mapping of augmentation settings",
+    ),
+    "freeze_image_tower": (lambda value: isinstance(value, bool), "true or false"),
+    "mixed_precision": (lambda value: isinstance(value, bool), "true or false"),
+    "xla": (lambda value: isinstance(value, bool), "true or false"),
+    "model": (
+        lambda value: isinstance(value, dict),
+        "a mapping of extra build_model arguments",
+    ),
+    "columns": (
+        lambda value: value is None or isinstance(value, dict),
+        "a mapping of manifest columns, or None",
+    ),
+    "text_preset": (
+        lambda value: value is None or isinstance(value, str),
+        "a keras-hub preset directory or handle, or None",
+    ),
+    "hub_handle": (
+        lambda value: value is None or isinstance(value, str),
+        "a TF-Hub handle or directory, or None",
+    ),
+}
+
+
+def check_value(key, value):
+    """Raise `ConfigError` unless `value` can work for `key`.
+
+    The checks that need nothing but the value: its type and range, a
+    choice among the registry's names, a manifest or weights file that
+    exists, a run folder that is not a file. `mmzoo train`'s flags use the
+    same checks, so a flag and a `--config` key obey the same rules.
+
+    Args:
+        key: a configuration key (`DEFAULTS`).
+        value: its value.
+    """
+    if key in _CHOICES:
+        try:
+            check_choice(key, value, _CHOICES[key])
+        except ValueError as error:
+            raise ConfigError(str(error), key) from None
+        return
+    if key in _RULES:
+        test, what = _RULES[key]
+        if not test(value):
+            raise ConfigError(f"`{key}` must be {what}. Received: {key}={value!r}", key)
+        return
+    if key in ("train", "val", "test"):
+        if value is None and key != "train":
+            return
+        if value is not None and not _is_path(value):
+            raise ConfigError(
+                f"`{key}` must be the path of a manifest. Received: {key}={value!r}",
+                key,
+            )
+        if value is not None and not os.path.exists(value):
+            raise ConfigError(f"`{key}`: manifest not found: {os.fspath(value)!r}", key)
+    elif key == "image_weights":
+        if value is None or value in _NO_WEIGHTS or value == "imagenet":
+            return
+        if not _is_path(value) or not os.path.isfile(value):
+            raise ConfigError(
+                "`image_weights` must be none, 'imagenet' or the path of a "
+                f"weights file. Received: image_weights={value!r}, which is not "
+                "a file",
+                key,
+            )
+    elif key == "cache":
+        if value is None or value in _NO_CACHE or value == "memory":
+            return
+        if not _is_path(value):
+            raise ConfigError(
+                "`cache` must be 'memory', 'none' or a file path prefix. "
+                f"Received: cache={value!r}",
+                key,
+            )
+        folder = os.path.dirname(os.path.abspath(value))
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"`cache`: the folder {folder!r} of the cache files "
+                f"{os.fspath(value)!r} does not exist.",
+                key,
+            )
+    elif key == "out":
+        if value is None:
+            return
+        if not _is_path(value) or not os.fspath(value):
+            raise ConfigError(
+                f"`out` must be the path of the run folder. Received: out={value!r}",
+                key,
+            )
+        if os.path.exists(value) and not os.path.isdir(value):
+            raise ConfigError(
+                f"`out` must be a folder, but {os.fspath(value)!r} is a file.", key
+            )
+    elif key not in DEFAULTS:
+        raise ConfigError(f"Unknown run config key {key!r}.", key)
+
+
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
 
 
 def save(config, path):

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -10,7 +11,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import mmzoo
@@ -21,6 +21,7 @@ from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import row_problems
 from mmzoo.data.sources import read_manifest
 from mmzoo.tasks import get_task
+from mmzoo.training import backup as run_backup
 from mmzoo.training import config as run_config
 from mmzoo.training.evaluation import evaluate_dataset
 
@@ -31,15 +32,21 @@ class RunError(RuntimeError):
     """A run folder in a state the request does not fit."""
 
 
+class TrainingDiverged(RunError):
+    """The loss became NaN or infinite: the run stopped without a model."""
+
+
 def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
     """Train a model on a manifest and write a run folder.
 
     Args:
         config: a dict or a YAML path with `mmzoo.training.config` keys.
-        resume: continue the interrupted run in `out` from its last
-            finished epoch (Keras BackupAndRestore). The shuffle order and
-            augmentation depend on `(seed, epoch)`, so the resumed run ends
-            with the weights an uninterrupted run would have.
+        resume: continue the interrupted run in `out` (the folder given,
+            wherever it was first trained) from its last finished epoch. The
+            shuffle order and augmentation depend on `(seed, epoch)`, so the
+            resumed run ends with the weights an uninterrupted run would
+            have. The backup holds the last two epochs: if the newest is
+            damaged, the one before is used.
         verbose: Keras `fit` verbosity; "auto" shows a progress bar on a
             terminal and one line per epoch otherwise.
         callbacks: extra Keras callbacks.
@@ -48,6 +55,18 @@ def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
     Returns:
         A dict: `run_dir`, `metrics` (as in metrics.json), `parameters`,
         `train_seconds`, `epochs`.
+
+    Raises:
+        ConfigError: a configuration value that cannot work (nothing is
+            written).
+        RunError: `out` does not fit the request (not empty, nothing to
+            resume, an unusable backup).
+        TrainingDiverged: the loss became NaN or infinite. No model.keras
+            or best.keras is left, nor a backup (resuming would diverge
+            again); history.csv and logs/ stay for a look.
+
+    A run that fails before its first epoch ends leaves `out` as it was
+    (removed if this call created it), so the corrected command can reuse it.
 
     Example:
 
@@ -64,17 +83,93 @@ def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
         # Every worker runs this function; only the chief writes the run.
         config = {**config, "out": tempfile.mkdtemp(prefix="mmzoo-worker-")}
     out = config["out"]
-    _prepare_folder(out, resume)
-    if not resume:
-        run_config.save(config, os.path.join(out, runs.CONFIG))
-
+    created = _prepare_folder(out, resume)
+    progress = _Progress()
     policy = keras.config.dtype_policy()
-    if config["mixed_precision"]:
-        keras.config.set_dtype_policy("mixed_float16")
     try:
-        return _train(config, resume, verbose, list(callbacks))
+        if not resume:
+            run_config.save(config, os.path.join(out, runs.CONFIG))
+        if config["mixed_precision"]:
+            keras.config.set_dtype_policy("mixed_float16")
+        return _train(config, resume, verbose, list(callbacks), progress)
+    except TrainingDiverged as error:
+        kept = _discard_diverged(out, resume, created, progress)
+        raise TrainingDiverged(f"{error} {kept}") from None
+    except Exception:
+        if not resume and not progress.epochs:
+            _restore_folder(out, created)
+        raise
     finally:
         keras.config.set_dtype_policy(policy)
+
+
+class _Progress(keras.callbacks.Callback):
+    """Counts the epochs this call finished."""
+
+    epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+
+
+def _restore_folder(out, created):
+    """Undo a run that failed before its first epoch ended."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    # The folder was empty (`_prepare_folder` refuses any other).
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _discard_diverged(out, resume, created, progress):
+    """Leave no model and no backup of a diverged run; say what is left."""
+    if not resume and not progress.epochs:
+        _restore_folder(out, created)
+        return "Nothing was kept."
+    shutil.rmtree(os.path.join(out, runs.BACKUP), ignore_errors=True)
+    for name in (runs.BEST, runs.MODEL):
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    return (
+        f"{out!r} keeps history.csv and logs/ for a look; remove it or choose "
+        "another --out for the next run."
+    )
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` when a loss becomes NaN or infinite.
+
+    Keras' TerminateOnNaN only stops `fit`, which then returns as if it had
+    finished, and the run would save the diverged model.
+    """
+
+    def __init__(self, lr):
+        super().__init__()
+        self.lr = lr
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check("loss", (logs or {}).get("loss"), f", batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            self._check(key, (logs or {}).get(key), "")
+
+    def _check(self, key, value, where):
+        if value is None or math.isfinite(float(value)):
+            return
+        raise TrainingDiverged(
+            f"Training diverged: the {key} became {float(value)} in epoch "
+            f"{self.epoch + 1}{where}. Try a lower learning rate (lr={self.lr:g})."
+        )
 
 
 def _is_chief():
@@ -123,16 +218,20 @@ def _resumed_config(config, overrides):
         )
     if "epochs" in overrides:
         stored["epochs"] = overrides["epochs"]
+    # The folder given is the run, wherever it was trained first (a moved or
+    # copied run folder resumes where it is now).
+    stored["out"] = os.fspath(folder)
     return run_config.resolve(stored)
 
 
 def _prepare_folder(out, resume):
+    """Check `out` fits the request; returns whether this call created it."""
     backup = os.path.join(out, runs.BACKUP)
     finished = os.path.isfile(os.path.join(out, runs.MODEL))
     if resume:
         if finished and not os.path.isdir(backup):
             raise RunError(f"The run in {out!r} already finished; nothing to resume.")
-        return
+        return False
     if os.path.isdir(backup):
         raise RunError(
             f"{out!r} holds an interrupted run: pass --resume to continue it, "
@@ -143,7 +242,9 @@ def _prepare_folder(out, resume):
             f"{out!r} is not empty: choose a new --out for a new run "
             "(or --resume an interrupted one)."
         )
+    created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
+    return created
 
 
 def _fit_tokenizer(config, resume):
@@ -191,33 +292,6 @@ class _SetEpoch(keras.callbacks.Callback):
         self.variable.assign(epoch)
 
 
-class _RandomState(keras.callbacks.Callback):
-    """Backs up the random state of dropout layers with BackupAndRestore's.
-
-    BackupAndRestore saves the weights and the optimizer, but not the
-    layers' seed generators (`model.variables` minus `model.weights`), so a
-    resumed run would draw other dropout masks than an uninterrupted one.
-    """
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def _state(self):
-        weights = {id(variable) for variable in self.model.weights}
-        return [v for v in self.model.variables if id(v) not in weights]
-
-    def on_train_begin(self, logs=None):
-        if os.path.isfile(self.path):
-            with np.load(self.path) as saved:
-                for index, variable in enumerate(self._state()):
-                    variable.assign(saved[f"state_{index}"])
-
-    def on_epoch_end(self, epoch, logs=None):
-        states = {f"state_{i}": np.asarray(v) for i, v in enumerate(self._state())}
-        np.savez(self.path, **states)
-
-
 def _data_arguments(config, tokenizer):
     return dict(
         tokenizer=tokenizer,
@@ -233,7 +307,7 @@ def _data_arguments(config, tokenizer):
     )
 
 
-def _train(config, resume, verbose, callbacks):
+def _train(config, resume, verbose, callbacks, progress):
     from mmzoo.training.distributed import make_strategy
 
     out = config["out"]
@@ -282,14 +356,14 @@ def _train(config, resume, verbose, callbacks):
 
     start = time.perf_counter()
     if config["strategy"] == "multiworker":
-        _fit_multiworker(config, model, strategy, tokenizer, labels, epoch)
+        _fit_multiworker(config, model, strategy, tokenizer, labels, epoch, progress)
     else:
         history_callbacks = _callbacks(config, resume, epoch, "val" in evaluation)
         model.fit(
             train_data,
             validation_data=evaluation.get("val"),
             epochs=config["epochs"],
-            callbacks=history_callbacks + callbacks,
+            callbacks=[*history_callbacks, progress, *callbacks],
             verbose=_verbosity(verbose),
         )
     seconds = time.perf_counter() - start
@@ -342,12 +416,15 @@ def _build(config, tokenizer, num_classes):
 def _callbacks(config, resume, epoch, has_validation):
     out = config["out"]
     monitor = "val_loss" if has_validation else "loss"
-    best_so_far = _best_in_history(os.path.join(out, runs.HISTORY), monitor, resume)
+    folder = os.path.join(out, runs.BACKUP)
+    restore = _restore_point(folder) if resume else None
+    history = os.path.join(out, runs.HISTORY)
+    best_so_far = None
+    if resume:
+        best_so_far = _best_in_history(history, monitor, restore)
     callbacks = [
         _SetEpoch(epoch),
-        keras.callbacks.BackupAndRestore(os.path.join(out, runs.BACKUP)),
-        _RandomState(os.path.join(out, runs.BACKUP, "random_state.npz")),
-        keras.callbacks.CSVLogger(os.path.join(out, runs.HISTORY), append=resume),
+        keras.callbacks.CSVLogger(history, append=resume),
         keras.callbacks.ModelCheckpoint(
             os.path.join(out, runs.BEST),
             monitor=monitor,
@@ -360,40 +437,55 @@ def _callbacks(config, resume, epoch, has_validation):
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=monitor, patience=config["patience"])
         )
+    # After the history row (for a look at a diverged epoch), before the
+    # backup, which claims an epoch once the files above are written.
+    callbacks.append(_StopOnNaN(config["lr"]))
+    callbacks.append(run_backup.Backup(folder, restore))
     return callbacks
 
 
-def _best_in_history(path, monitor, resume):
+def _restore_point(folder):
+    """The backup generation to resume from (None: from the first epoch)."""
+    restore, damaged = run_backup.choose(folder)
+    if restore is None and damaged:
+        out = os.path.dirname(folder)
+        raise RunError(
+            f"Cannot resume {out!r}: {'; '.join(damaged)}, and no good backup "
+            f"is left. Remove {out!r} (or choose another --out) and train again "
+            "without --resume."
+        )
+    for problem in damaged:
+        logger.warning(
+            "%s; resuming from the backup of epoch %d instead.", problem, restore.epoch
+        )
+    return restore
+
+
+def _best_in_history(path, monitor, restore):
     """The best value logged before an interruption (for ModelCheckpoint).
 
-    Also drops history rows of epochs the backup does not hold (an epoch
-    logged just before the kill is trained again and logged again).
+    Also drops the history rows of epochs the backup does not hold (an
+    epoch logged just before the kill, or after a damaged backup, is
+    trained again and logged again).
     """
-    if not resume or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return None
-    backup = os.path.join(os.path.dirname(path), runs.BACKUP)
-    last_epoch = _backup_epoch(backup)
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    if last_epoch is not None:
-        rows = [row for row in rows if int(row["epoch"]) <= last_epoch]
-        with open(path, "w", newline="") as file:
-            if rows:
-                writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-    values = [float(row[monitor]) for row in rows if row.get(monitor)]
-    return min(values) if values else None
-
-
-def _backup_epoch(backup):
-    """The last finished epoch in a BackupAndRestore folder, if it says."""
-    path = os.path.join(backup, "training_metadata.json")
+    finished = restore.epoch if restore is not None else 0
     try:
-        with open(path) as file:
-            return int(json.load(file)["epoch"])
-    except (OSError, ValueError, KeyError):
-        return None
+        with open(path, newline="") as file:
+            rows = [row for row in csv.DictReader(file) if int(row["epoch"]) < finished]
+        values = [float(row[monitor]) for row in rows if row.get(monitor)]
+    except (ValueError, KeyError, TypeError, csv.Error) as error:
+        raise RunError(
+            f"Cannot resume: {path} is damaged ({error}). Remove the rows after "
+            "the last good one, or the file, and resume again."
+        ) from None
+    with open(path, "w", newline="") as file:
+        if rows:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return min(values) if values else None
 
 
 def _verbosity(verbose):
@@ -402,7 +494,7 @@ def _verbosity(verbose):
     return verbose
 
 
-def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch):
+def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch, progress):
     from mmzoo.training.distributed import custom_fit
 
     arguments = _data_arguments(config, tokenizer)
@@ -420,7 +512,12 @@ def _fit_multiworker(config, model, strategy, tokenizer, labels, epoch):
             **arguments,
         )
 
+    stop_on_nan = _StopOnNaN(config["lr"])
+
     def on_epoch_end(index, logs):
+        stop_on_nan.epoch = index
+        stop_on_nan.on_epoch_end(index, logs)
+        progress.on_epoch_end(index, logs)
         epoch.assign(index + 1)
 
     history = custom_fit(
