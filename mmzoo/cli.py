@@ -54,6 +54,7 @@ def _data_check(args):
             max_pixels=args.max_pixels,
             decode=not args.headers_only,
             progress=sys.stdout.isatty(),
+            strict=args.strict,
         )
     except (ManifestError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -490,6 +491,12 @@ def _add_data_commands(commands):
         "--headers-only",
         action="store_true",
         help="read image headers and trailers without decoding (faster)",
+    )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also refuse JPEGs whose compressed data libjpeg finds corrupt "
+        "(they decode to garbage pixels with only a warning)",
     )
     check.set_defaults(run=_data_check)
 

@@ -182,36 +182,43 @@ def _read_config(path):
     return config
 
 
-def predict(run, image, text, top_k=5):
+def predict(run, image, text, top_k=5, max_pixels=None):
     """Top-k labels for one image file and one text.
+
+    The image passes the guard every image entry point applies
+    (`mmzoo.data.images.prepare_image`): a file over `max_pixels`, cut
+    short or of no supported format is refused from its header, before
+    anything is decoded.
 
     Args:
         run: a `Run` (or a path for `load_run`).
         image: an image file path (JPEG, PNG, GIF, BMP) or its bytes.
         text: the text.
         top_k: how many labels.
+        max_pixels: the most pixels the image may decode to, over all its
+            frames; `None` is the data check's and the serving graph's
+            limit, `mmzoo.data.manifest.DEFAULT_MAX_PIXELS`.
 
     Returns:
         `{"labels": [...], "scores": [...], "modality_weights": {"image":
         w, "text": w}}` (the weights only for fusions that compute them;
         `"predictions"` instead of labels for regression).
+
+    Raises:
+        FileNotFoundError: no image file at the path.
+        ValueError: an image the guard refuses or the decoder fails on.
     """
     import tensorflow as tf
 
-    from mmzoo.data.images import load_image
+    from mmzoo.data.images import prepare_image
+    from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 
     if not isinstance(run, Run):
         run = load_run(run)
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"Image not found: {os.fspath(image)!r}")
-        with open(image, "rb") as file:
-            image = file.read()
-    try:
-        pixels = load_image(tf.constant(image), run.image_size, run.resize)
-    except tf.errors.InvalidArgumentError as error:
-        raise ValueError(f"Cannot decode the image: {error.message}") from None
-    features = {"image": tf.cast(pixels, tf.float32)[tf.newaxis]}
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_PIXELS
+    pixels = prepare_image(image, run.image_size, run.resize, max_pixels)
+    features = {"image": pixels}
     if "tokens" in run.model.input:
         features["tokens"] = run.tokenizer(tf.constant([text]))
     else:

@@ -73,6 +73,58 @@ def write_corrupt_png(path, seed=0):
     return path
 
 
+def animated_gif(frames, width, height):
+    """The bytes of a GIF of `frames` full-canvas frames, however many.
+
+    Pillow writes one solid frame; its image block is repeated, so even
+    hundreds of megapixels of frames cost a few kilobytes and no time. Each
+    frame covers the whole canvas, as a decoder that decodes every frame
+    must (Pillow would crop identical frames away).
+    """
+    image = Image.new("P", (width, height), 1)
+    image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    image.save(buffer, format="GIF")
+    data = buffer.getvalue()
+    start = data.index(b"\x2c\x00\x00\x00\x00")  # the image descriptor
+    block = data[start:-1]  # up to the trailer, 3B
+    return data[:start] + block * frames + b";"
+
+
+def corrupt_jpeg(seed=0, decodes=True):
+    """A JPEG with 20 bytes of its scan data changed, header and end intact.
+
+    `decodes=True`: one TensorFlow's decoder decodes without failing (to
+    garbage pixels, printing libjpeg's anonymous warning), which every
+    header check passes; `decodes=False`: one the decoder refuses. The
+    first of a fixed series of corruptions that does, so always the same.
+    """
+    import tensorflow as tf
+
+    rows, columns = np.mgrid[0:48, 0:64]
+    smooth = np.stack([rows * 5, columns * 4, (rows + columns) * 2], -1)
+    noise = np.random.default_rng(seed).integers(0, 40, smooth.shape)
+    buffer = io.BytesIO()
+    Image.fromarray((smooth + noise).astype(np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    # The entropy-coded data runs from after the SOS segment to the EOI.
+    scan = data.index(b"\xff\xda")
+    scan += 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")
+    for attempt in range(100):
+        rng = np.random.default_rng([seed, attempt])
+        corrupt = bytearray(data)
+        for position in rng.choice(np.arange(scan, len(data) - 2), 20, False):
+            corrupt[position] ^= int(rng.integers(1, 256))
+        try:
+            tf.io.decode_jpeg(bytes(corrupt))
+            decoded = True
+        except tf.errors.InvalidArgumentError:
+            decoded = False
+        if decoded == decodes:
+            return bytes(corrupt)
+    raise AssertionError("no corruption of the wanted kind")
+
+
 def truncate(path, fraction=0.5):
     with open(path, "rb") as file:
         data = file.read()

@@ -603,17 +603,15 @@ def run_export_test(run, images, texts, tmp_path, batch_size=None, atol=1e-5):
     """
     import tensorflow as tf
 
-    from mmzoo.data.images import load_image
+    from mmzoo.data.images import prepare_image
     from mmzoo.export import export_saved_model
     from mmzoo.export import tflite
 
     features = {
-        "image": np.stack(
-            [
-                load_image(open(path, "rb").read(), run.image_size, run.resize).numpy()
-                for path in images
-            ]
-        ).astype("float32"),
+        # What an app feeds the TFLite file: `prepare_image` of each file.
+        "image": np.concatenate(
+            [prepare_image(path, run.image_size, run.resize) for path in images]
+        ),
         "tokens": run.tokenizer(tf.constant(texts)).numpy(),
     }
     expected = run.explained_model()(features, training=False)

@@ -224,6 +224,58 @@ def test_headers_only_check_misses_corrupt_pixel_data(messy):
     assert len(report.good) == expected["good"] + 1
 
 
+def test_strict_check_names_corrupt_jpegs_by_line_and_file(tmp_path, capsys):
+    # A JPEG with 20 bytes of its scan data changed, which TensorFlow decodes
+    # (to garbage, printing an anonymous libjpeg warning), and an animated
+    # GIF whose frames, not its screen, exceed the budget.
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "corrupt.jpg").write_bytes(data_fixtures.corrupt_jpeg())
+    (images / "animated.gif").write_bytes(data_fixtures.animated_gif(60, 10, 10))
+    rows = [("images/corrupt.jpg", "garbage pixels", "circle", None)]
+    rows.append(("images/animated.gif", "60 frames", "square", None))
+    for index in range(4):
+        name = f"images/good_{index}.jpg"
+        data_fixtures.write_image(str(tmp_path / name), 20, 28, "jpg", seed=index)
+        rows.append((name, "good", "circle", None))
+    path, _ = data_fixtures._write(str(tmp_path), rows, "csv", malformed=False)
+
+    lenient = check_manifest(path, max_pixels=5_000)
+    assert [(p.line, p.reason) for p in lenient.problems] == [(3, "image_too_large")]
+    assert "60 frames of 10x10 = 6,000 pixels" in lenient.problems[0].detail
+    strict = check_manifest(path, max_pixels=5_000, strict=True)
+    assert [(p.line, p.reason) for p in strict.problems] == [
+        (2, "undecodable_image"),
+        (3, "image_too_large"),
+    ]
+    problem = str(strict.problems[0])
+    assert problem.startswith(f"{path}:2: undecodable_image: corrupt JPEG data: ")
+    assert problem.endswith(str(images / "corrupt.jpg"))
+    assert len(strict.good) == 4
+    # Without decoding, too.
+    headers = check_manifest(path, max_pixels=5_000, decode=False, strict=True)
+    assert [p.line for p in headers.problems] == [2, 3]
+    # The command line: `--strict`.
+    from mmzoo import cli
+
+    arguments = ["data", "check", path, "--max-pixels", "5000"]
+    assert cli.main(arguments) == 1
+    assert "corrupt.jpg" not in capsys.readouterr().out
+    assert cli.main([*arguments, "--strict"]) == 1
+    assert f"{path}:2: undecodable_image: corrupt JPEG data" in capsys.readouterr().out
+    # The training pipeline skips it too.
+    _, report, _ = make_dataset(
+        path,
+        None,
+        16,
+        max_pixels=5_000,
+        strict=True,
+        max_bad_fraction=0.5,
+        return_report=True,
+    )
+    assert report.num_bad == 2
+
+
 def test_unknown_labels_are_reported_against_a_vocabulary(clean, tmp_path):
     labels = LabelVocabulary(["circle", "square"])
     report = check_manifest(clean, labels=labels)

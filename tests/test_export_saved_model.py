@@ -178,10 +178,14 @@ def test_graph_holds_only_core_tensorflow_ops(probe):
     # (the probe process has no TF Text kernels to register them).
     assert audit["unregistered"] == [] and audit["text"] == []
     assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(audit["core"])
-    # The image checks, decoding and the tokenizer's lookups are in the graph.
-    assert {"DecodeImage", "Assert", "LookupTableFindV2", "ExtractJpegShape"} <= set(
-        audit["core"]
-    )
+    # The image checks (the header walks, and the tf.data decode that names a
+    # file failing to decode), decoding and the tokenizer's lookups are in the
+    # graph. The JPEG size is read by the guard's own walk: ExtractJpegShape
+    # failed, naming no element, on a JPEG with a corrupt table.
+    core = set(audit["core"])
+    assert {"DecodeImage", "Assert", "LookupTableFindV2", "StatelessWhile"} <= core
+    assert {"IgnoreErrorsDataset", "DatasetToSingleElement"} <= core
+    assert "ExtractJpegShape" not in core
 
 
 # === Signatures ===
@@ -190,9 +194,12 @@ def test_graph_holds_only_core_tensorflow_ops(probe):
 def test_signature_contract(loaded, run, images):
     serving = loaded.signatures["serving_default"]
     _, inputs = serving.structured_input_signature
+    # Declared of any shape, so that the graph's own assertion can say that
+    # the shape must be [batch] (test_wrong_rank_inputs_say_the_shape); the
+    # model card states [None].
     assert inputs == {
-        "image_bytes": tf.TensorSpec([None], tf.string, "image_bytes"),
-        "text": tf.TensorSpec([None], tf.string, "text"),
+        "image_bytes": tf.TensorSpec(None, tf.string, "image_bytes"),
+        "text": tf.TensorSpec(None, tf.string, "text"),
     }
     outputs = serving.structured_outputs
     assert {name: spec.dtype for name, spec in outputs.items()} == {
@@ -255,12 +262,55 @@ def test_bad_images_fail_the_batch_with_a_clear_message(loaded, images, tmp_path
             tf.errors.InvalidArgumentError, match=message.replace("[", r"\[")
         ):
             serve(loaded, [good, bad], ["a", "b"])
-    # Garbage inside an intact file: only the decoder finds it.
+    # Garbage inside an intact file: only the decoder finds it, and the
+    # message still names the file.
     corrupt = data_fixtures.write_corrupt_png(str(tmp_path / "corrupt.png"))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        serve(loaded, [good, open(corrupt, "rb").read()], ["a", "b"])
+    cases = [
+        (open(corrupt, "rb").read(), "PNG"),
+        (data_fixtures.corrupt_jpeg(decodes=False), "JPEG"),
+    ]
+    for bad, kind in cases:
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"image_bytes\[1\] could not be decoded: its {kind} data is "
+            "corrupt",
+        ):
+            serve(loaded, [good, bad], ["a", "b"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="one text per image"):
         serve(loaded, [good, good], ["only one text"])
+
+
+def test_animated_gif_bomb_is_refused_naming_its_index(loaded, images):
+    # 300 frames of 1000x1000 in 550 KB: TensorFlow would decode all 300
+    # (+100 MB, 1.5 s here). 64 Mpx are counted over all the frames.
+    bomb = data_fixtures.animated_gif(300, 1000, 1000)
+    good = open(images[0], "rb").read()
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image_bytes\[2\] is too large to decode: its header declares "
+        r"300000000 pixels in 300 frames, more than max_pixels=67108864\.",
+    ):
+        serve(loaded, [good, good, bomb], ["a", "b", "c"])
+    # 60 such frames fit the budget, and serve.
+    result = serve(loaded, [data_fixtures.animated_gif(60, 1000, 1000)], ["a"])
+    assert result["probabilities"].shape == (1, 3)
+
+
+def test_wrong_rank_inputs_say_the_expected_shape(loaded, images):
+    good = open(images[0], "rb").read()
+    signature = loaded.signatures["serving_default"]
+    cases = [
+        ("image_bytes", [[good]], [["a"]], r"shape \[1 1\]"),
+        ("image_bytes", good, "a", r"shape \[\]"),
+        ("text", [good], [["a"]], r"shape \[1 1\]"),
+    ]
+    for name, image_bytes, text, received in cases:
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"`{name}` must have shape \[batch\] \(one string per "
+            rf"example\)\. Received: {received}",
+        ):
+            signature(image_bytes=tf.constant(image_bytes), text=tf.constant(text))
 
 
 def test_truncation_check_agrees_with_the_training_data_check(loaded, tmp_path):

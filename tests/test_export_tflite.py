@@ -23,7 +23,7 @@ from harness import TINY
 
 import mmzoo
 from mmzoo.data import make_dataset
-from mmzoo.data.images import load_image
+from mmzoo.data.images import prepare_image
 from mmzoo.data.sources import read_manifest
 from mmzoo.export import tflite
 from mmzoo.runs import load_run
@@ -182,9 +182,8 @@ def test_app_path_from_raw_image_and_text(trained, exports):
     rows = read_manifest(manifest)
     texts = [rows.texts[0], "IS this a SQUARE?", "an unseen question"]
     for path, text in zip(rows.images[:3], texts, strict=True):
-        with open(path, "rb") as file:
-            pixels = load_image(file.read(), 32).numpy()
-        image = pixels[np.newaxis].astype("float32")
+        # The app's one call for pixels: the guard, then the pipeline's decode.
+        image = prepare_image(path, 32)
         app = runner(image=image, tokens=np.asarray(tokenizer.encode([text]), "int32"))
         tokens = run.tokenizer(tf.constant([text])).numpy()
         keras = run.model({"image": image, "tokens": tokens}, training=False)

@@ -8,6 +8,7 @@ import io
 import struct
 import zlib
 
+import data_fixtures
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -354,7 +355,9 @@ def test_load_image_is_servable(files, tmp_path):
 def test_inspect_reads_format_and_size(files, name):
     data = _read(files, name)
     info = inspect_image(data)
-    assert info == ImageInfo(name.split("_")[0], WIDTH, HEIGHT, False)
+    # The animated fixture's two frames are counted (the point of `frames`).
+    frames = 2 if name == "gif_animated" else 1
+    assert info == ImageInfo(name.split("_")[0], WIDTH, HEIGHT, False, frames)
     assert info.format in images.SUPPORTED_FORMATS
     assert decode_image(data).shape == (info.height, info.width, 3)
 
@@ -525,6 +528,7 @@ def _header_cases(files):
     gif = bytearray(_read(files, "gif"))
     gif[6:10] = struct.pack("<HH", 60_000, 60_000)  # the logical screen
     cases.append(("GIF header bomb", bytes(gif)))
+    cases += _gif_structure_cases()
     for file_format in images.IMAGE_FORMATS:
         cases.append((f"{file_format.name} signature only", file_format.signature))
     cases += [
@@ -534,6 +538,29 @@ def _header_cases(files):
         ("JPEG without a frame", b"\xff\xd8\xff\xd9"),
     ]
     return cases
+
+
+def _gif(frames, width=8, height=6):
+    return data_fixtures.animated_gif(frames, width, height)
+
+
+def _gif_structure_cases():
+    """GIFs whose block structure, not their screen, decides the check."""
+    one, two = _gif(1), _gif(2)
+    frame = one[one.index(b"\x2c") : -1]  # one image block
+    screen = bytearray(one)
+    screen[6:10] = struct.pack("<HH", 0, 0)  # TensorFlow sizes by the frames
+    large = bytearray(_gif(1, 40, 30))
+    large[6:10] = struct.pack("<HH", 4, 3)  # a 40x30 frame on a 4x3 screen
+    return [
+        ("GIF of 20 frames of 8x6", _gif(20)),
+        ("GIF of 21 frames of 8x6", _gif(21)),
+        ("GIF of no frame", one[: one.index(b"\x2c")] + b";"),
+        ("GIF cut inside a frame, then ;", two[: len(one) - 4] + b";"),
+        ("GIF with a stray byte between blocks", one[:-1] + b"\x00" + frame + b";"),
+        ("GIF with a 0x0 screen", bytes(screen)),
+        ("GIF frame larger than its screen", bytes(large)),
+    ]
 
 
 def test_python_and_graph_header_checks_agree(files):
@@ -612,6 +639,165 @@ def test_header_problem_reasons(files):
         "not a JPEG, PNG, GIF or BMP image",
     )
     assert images.SUPPORTED_FORMATS == tuple(f.name for f in images.IMAGE_FORMATS)
+
+
+# === The one guard: GIF frames, strict JPEGs, every entry point ===
+
+
+def test_gif_pixels_are_counted_over_every_frame():
+    # The budget of 1,000 pixels holds 20 frames of 8x6 (960), not 21.
+    assert images.check_image(_gif(20), MAX_PIXELS) is None
+    assert images.check_image(_gif(21), MAX_PIXELS) == (
+        "image_too_large",
+        "21 frames of 8x6 = 1,008 pixels > max_pixels=1,000",
+    )
+    assert inspect_image(_gif(21)) == ImageInfo("gif", 8, 6, False, 21)
+    message = (
+        r"image_bytes\[7\] is too large to decode: its header declares 1008 "
+        r"pixels in 21 frames, more than max_pixels=1000\."
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _graph_check(tf.constant(_gif(21)))
+    # The default budget, 64 Mpx, refuses 300 frames of 1000x1000 (a 550 KB
+    # file that TensorFlow would decode frame by frame), from the header.
+    bomb = _gif(300, 1000, 1000)
+    assert len(bomb) < 600_000
+    assert images.check_image(bomb)[1] == (
+        "300 frames of 1000x1000 = 300,000,000 pixels > max_pixels=67,108,864"
+    )
+
+
+def test_gif_canvas_is_its_largest_frame_as_tensorflow_decodes_it():
+    *_, (_, data) = _gif_structure_cases()  # a 40x30 frame on a 4x3 screen
+    assert inspect_image(data) == ImageInfo("gif", 40, 30, False, 1)
+    assert decode_image(data).shape == (30, 40, 3)
+    assert not _graph_accepts(data)  # 1,200 pixels, not the screen's 12
+
+
+def test_gif_block_structure_problems():
+    cases = dict(_gif_structure_cases())
+    assert images.check_image(cases["GIF of no frame"]) == (
+        "undecodable_image",
+        "GIF file holds no image",
+    )
+    assert images.check_image(cases["GIF cut inside a frame, then ;"]) == (
+        "truncated_image",
+        "GIF file ends early",
+    )
+    assert images.check_image(cases["GIF with a stray byte between blocks"]) == (
+        "undecodable_image",
+        "unreadable GIF blocks",
+    )
+    for name in ("GIF of no frame", "GIF with a stray byte between blocks"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=r"image_bytes\[7\] could not be decoded: its GIF header or "
+            r"structure is unreadable\.",
+        ):
+            _graph_check(tf.constant(cases[name]))
+    # TensorFlow decodes a GIF whose screen says 0x0: so does the guard.
+    assert images.check_image(cases["GIF with a 0x0 screen"]) is None
+    assert decode_image(cases["GIF with a 0x0 screen"]).shape == (6, 8, 3)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "jpeg_pillow", "gif_animated", "png"])
+def test_python_and_graph_agree_on_corrupted_files(files, name):
+    # The walks (JPEG markers, GIF blocks) meet arbitrary bytes: the graph
+    # never fails but through its own message, and agrees with Python.
+    data = _read(files, name)
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        corrupt = bytearray(data)
+        limit = min(len(data), 200)
+        for position in rng.integers(0, limit, 1 + trial % 4):
+            corrupt[position] = rng.integers(0, 256)
+        if trial % 3 == 0:  # cut short, keeping the end marker
+            cut = int(rng.integers(2, len(data) - 1))
+            corrupt = corrupt[:cut] + corrupt[-2:]
+        corrupt = bytes(corrupt)
+        python_accepts = images.header_problem(inspect_image(corrupt), MAX_PIXELS)
+        try:
+            _graph_check(tf.constant(corrupt))
+            graph_accepts = True
+        except tf.errors.InvalidArgumentError as error:
+            assert "image_bytes[7] " in error.message, error.message
+            graph_accepts = False
+        assert (python_accepts is None) == graph_accepts, (name, trial)
+
+
+def test_graph_check_names_the_first_bad_element_of_a_batch(files):
+    good, png = _read(files, "jpeg"), _read(files, "png")
+    batch = tf.constant([good, good, png[:-1], _gif(21), b""])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image_bytes\[2\] could not be decoded: the PNG file is truncated",
+    ):
+        images.check_encoded_images(batch, MAX_PIXELS)
+    checked = images.check_encoded_images(tf.constant([good, png]), MAX_PIXELS)
+    assert checked.numpy().tolist() == [good, png]
+    assert images.check_encoded_images(tf.zeros([0], tf.string)).shape == (0,)
+
+
+def test_strict_check_refuses_jpegs_with_corrupt_scan_data(files):
+    corrupt = data_fixtures.corrupt_jpeg()
+    # TensorFlow decodes it (libjpeg only prints an anonymous warning) and
+    # every header check passes it: only `strict` refuses it.
+    assert decode_image(corrupt).shape == (48, 64, 3)
+    assert images.check_image(corrupt) is None
+    assert images.check_encoded_image(corrupt, 0).numpy() == corrupt
+    reason, detail = images.check_image(corrupt, strict=True)
+    assert reason == "undecodable_image"
+    assert detail.startswith("corrupt JPEG data: ") and "marker" in detail
+    assert images.strict_problem(corrupt) == (reason, detail)
+    # Intact files of every kind pass, progressive JPEGs too.
+    for name in FIXTURES:
+        assert images.check_image(_read(files, name), strict=True) is None, name
+
+
+def test_prepare_image_is_load_image_behind_the_guard(files, monkeypatch):
+    path = files["jpeg_progressive"]
+    expected = load_image(_read(files, "jpeg_progressive"), 16, "pad").numpy()
+    for image in (path, str(path), _read(files, "jpeg_progressive")):
+        pixels = images.prepare_image(image, 16, "pad")
+        assert pixels.shape == (1, 16, 16, 3) and pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels[0], expected)
+    # A 144-Mpx PNG header is refused before anything is decoded.
+    header = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    bomb += _png_chunk(b"IDAT", zlib.compress(b"\x00")) + _png_chunk(b"IEND", b"")
+    monkeypatch.setattr(images, "load_image", None)  # calling it would fail
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot decode the image: 12000x12000 = 144,000,000 pixels > "
+        r"max_pixels=67,108,864\.",
+    ):
+        images.prepare_image(bomb, 16)
+    with pytest.raises(ValueError, match=r"Cannot decode the image '.*gif': 21 frames"):
+        files["gif"].with_name("bomb.gif").write_bytes(_gif(21))
+        images.prepare_image(files["gif"].with_name("bomb.gif"), 16, max_pixels=1000)
+    with pytest.raises(FileNotFoundError, match="Image not found"):
+        images.prepare_image(files["gif"].with_name("missing.gif"), 16)
+
+
+def test_load_images_decodes_a_batch_and_names_a_file_that_fails_to_decode(files):
+    contents = [_read(files, name) for name in FIXTURES]
+    batch = images.load_images(tf.constant(contents), 16, "pad")
+    expected = [load_image(data, 16, "pad").numpy() for data in contents]
+    np.testing.assert_array_equal(batch, np.stack(expected))
+    assert images.load_images(tf.zeros([0], tf.string), (8, 12)).shape == (0, 8, 12, 3)
+    # Header and end intact, data broken: the decoder fails, the index named.
+    broken_png = bytearray(_read(files, "png"))
+    start = broken_png.index(b"IDAT") + 4
+    broken_png[start + 8 : start + 40] = bytes(32)
+    broken_jpeg = data_fixtures.corrupt_jpeg(decodes=False)
+    for broken, name in ((bytes(broken_png), "PNG"), (broken_jpeg, "JPEG")):
+        assert images.check_image(broken) is None
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"image_bytes\[1\] could not be decoded: its {name} data is "
+            r"corrupt \(TensorFlow's decoder failed on it\)\.",
+        ):
+            images.load_images(tf.constant([contents[0], broken]), 16)
 
 
 # === augment_image ===

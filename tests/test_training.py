@@ -328,13 +328,32 @@ def test_configuration_errors_name_the_key(manifest, tmp_path):
         trainer.train(train=manifest, out=tmp_path / "none", resume=True)
 
 
-def test_predict_explains_bad_inputs(manifest, tmp_path):
+def test_predict_explains_bad_inputs(manifest, tmp_path, capsys):
     trainer.train(train=manifest, epochs=1, out=tmp_path / "run", verbose=0, **TINY)
     with pytest.raises(FileNotFoundError, match="Image not found"):
         predict(tmp_path / "run", tmp_path / "nope.png", "hi")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="Cannot decode the image"):
         predict(tmp_path / "run", tmp_path / "bad.png", "hi")
+    # A 144-Mpx PNG (a 100-byte header) is refused by the guard the data
+    # check and serving apply, before anything is decoded; the command line
+    # says so in one line and exits 2.
+    bomb = data_fixtures.write_png_header_bomb(
+        str(tmp_path / "big.png"), 12_000, 12_000
+    )
+    with pytest.raises(ValueError, match=r"12000x12000 = 144,000,000 pixels"):
+        predict(tmp_path / "run", bomb, "hi")
+    from mmzoo import cli
+
+    assert (
+        cli.main(["predict", str(tmp_path / "run"), "--image", bomb, "--text", "hi"])
+        == 2
+    )
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: Cannot decode the image {bomb!r}: 12000x12000 = 144,000,000 "
+        "pixels > max_pixels=67,108,864."
+    )
     with pytest.raises(FileNotFoundError, match="not a finished"):
         load_run(tmp_path)
 

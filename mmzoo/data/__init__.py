@@ -37,9 +37,12 @@ _EXPORTS = {
     "PythonWordTokenizer": "pure_python_tokenizer",
     "build_vocabulary": "pure_python_tokenizer",
     "ImageInfo": "images",
+    "check_image": "images",
     "check_encoded_image": "images",
     "inspect_image": "images",
     "load_image": "images",
+    "load_images": "images",
+    "prepare_image": "images",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

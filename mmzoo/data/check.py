@@ -4,13 +4,17 @@ Every row is checked in three stages, cheapest first:
 
 1. its own fields (`mmzoo.data.manifest.row_problems`): a missing column,
    empty or non-UTF-8 text, a label outside the vocabulary;
-2. its image's header and trailer, read in Python without decoding
-   (`mmzoo.data.images.inspect_image` and `header_problem`): missing file,
-   unknown format, truncated file, more pixels than `max_pixels` (a
-   decompression bomb is refused here, before anything allocates its
-   pixels);
+2. its image's header and trailer, read in Python without decoding, by
+   the guard every image entry point applies (`mmzoo.data.images`'
+   `check_image` rules: `inspect_image` and `header_problem`): missing
+   file, unknown format, truncated file, more pixels than `max_pixels`
+   over all of a GIF's frames (a decompression bomb is refused here,
+   before anything allocates its pixels);
 3. a real decode of every image that passed, with the same TensorFlow op
-   the pipeline uses, run in parallel through tf.data.
+   the pipeline uses, run in parallel through tf.data; with `strict`, each
+   JPEG is also decoded by libjpeg, and refused when libjpeg warns that its
+   entropy-coded data is corrupt (TensorFlow decodes such a file to
+   garbage, printing a warning that names no file).
 
 Where the images are (files, or bytes inside TFRecord records) is the
 manifest's reader's business (`mmzoo.data.sources`): this module asks it for
@@ -22,6 +26,7 @@ with its line number and TensorFlow's message.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -138,6 +143,7 @@ def check_manifest(
     keep_images=None,
     columns=None,
     progress=False,
+    strict=False,
 ):
     """Find every bad row of a manifest, with its line and reason.
 
@@ -154,6 +160,11 @@ def check_manifest(
             and check in one pass; used for in-memory caching).
         columns: column renaming for `read_manifest`.
         progress: show a progress bar while images are decoded.
+        strict: also refuse JPEGs whose entropy-coded data libjpeg finds
+            corrupt (`mmzoo.data.images.check_image`'s `strict`). Such a
+            file decodes "successfully" to garbage pixels, TensorFlow
+            printing only an anonymous warning; here it is
+            `undecodable_image`, with its line and file.
 
     Returns:
         A `DataReport`.
@@ -200,7 +211,7 @@ def check_manifest(
     # checked (and decoded) once.
     keys, image_ids = manifest.reader.image_keys(manifest)
     image_problems, decoded = _check_images(
-        manifest.reader, keys, max_pixels, decode, keep_images, progress
+        manifest.reader, keys, max_pixels, decode, keep_images, progress, strict
     )
     for index in range(len(manifest)):
         key = image_ids[index]
@@ -222,10 +233,12 @@ def check_manifest(
     )
 
 
-def _check_images(reader, keys, max_pixels, decode, keep_images, progress):
+def _check_images(reader, keys, max_pixels, decode, keep_images, progress, strict):
     """{key: (reason, detail)} for bad images, and the kept pixels."""
+    # Stage 2, the header of every image: the guard of
+    # `mmzoo.data.images.check_image`, which every other entry point applies.
     problems = reader.image_problems(keys, max_pixels)
-    if not (decode or keep_images):
+    if not (decode or keep_images or strict):
         return problems, None
 
     # A JPEG without its end marker may still decode: cameras append data
@@ -247,25 +260,40 @@ def _check_images(reader, keys, max_pixels, decode, keep_images, progress):
 
         def load(key, data):
             return key, image_lib.load_image(data, image_size, resize)
-    else:
+    elif decode:
 
         def load(key, data):
             return key, tf.shape(image_lib.decode_image(data))
+    else:
+
+        def load(key, data):
+            # `strict` without `decode`: only libjpeg decodes.
+            return key, tf.zeros([0], tf.int32)
+
+    def load_and_keep(key, data):
+        # The bytes come back to Python only for the strict check.
+        return *load(key, data), data if strict else tf.constant(b"")
 
     passed = set()
-    dataset = contents.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    strict_checks = _StrictChecks() if strict else None
+    dataset = contents.map(load_and_keep, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.ignore_errors()
     bar = None
     if progress:
         bar = keras.utils.Progbar(len(candidates), unit_name="image")
-    for key, value in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    for key, value, data in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
         passed.add(int(key))
         if decoded is not None:
             decoded[key] = value
+        if strict_checks is not None:
+            strict_checks.submit(int(key), data)
         if bar is not None and len(passed) % 256 == 0:
             bar.update(len(passed))
     if bar is not None:
         bar.update(len(candidates), finalize=True)
+    if strict_checks is not None:
+        for key, (reason, detail) in strict_checks.results():
+            problems[key] = (reason, f"{detail}: {reader.describe(keys, key)}")
     failed = [key for key in candidates if key not in passed]
     # Failures are rare: decode each again, eagerly, for TensorFlow's message.
     for key, data in reader.image_contents(keys, failed):
@@ -281,6 +309,38 @@ def _check_images(reader, keys, max_pixels, decode, keep_images, progress):
         else:
             problems[key] = ("undecodable_image", f"{message}: {where}")
     return problems, decoded
+
+
+class _StrictChecks:
+    """`strict_problem` on the images that decoded, in threads.
+
+    libjpeg releases the GIL while it decodes, so a few threads keep up
+    with tf.data; at most `2 * workers` files wait in memory at once.
+    """
+
+    def __init__(self):
+        self.workers = os.cpu_count() or 1
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+        self.pending = collections.deque()
+        self.found = []
+
+    def submit(self, key, data):
+        if len(self.pending) >= 2 * self.workers:
+            self._collect(self.pending.popleft())
+        self.pending.append((key, self.pool.submit(image_lib.strict_problem, data)))
+
+    def _collect(self, item):
+        key, future = item
+        problem = future.result()
+        if problem is not None:
+            self.found.append((key, problem))
+
+    def results(self):
+        """`[(key, (reason, detail))]` of the refused images."""
+        while self.pending:
+            self._collect(self.pending.popleft())
+        self.pool.shutdown()
+        return self.found
 
 
 def _tensorflow_message(error):

@@ -65,6 +65,7 @@ def make_dataset(
     max_pixels=DEFAULT_MAX_PIXELS,
     unknown_labels="error",
     validate=True,
+    strict=False,
     input_context=None,
     columns=None,
     epoch=None,
@@ -117,6 +118,9 @@ def make_dataset(
             maps it to the vocabulary's `[UNK]` class.
         validate: decode every image once up front (set `False` to check
             headers only; corrupt pixel data would then fail mid-epoch).
+        strict: also skip JPEGs whose compressed data libjpeg finds corrupt,
+            which TensorFlow decodes to garbage pixels without failing
+            (`check_manifest`'s `strict`).
         input_context: a `tf.distribute.InputContext` (see below).
         columns: column renaming, e.g. `{"text": "question"}`.
         epoch: a `tf.Variable` holding the epoch number, which a training
@@ -174,6 +178,7 @@ def make_dataset(
         decode=validate,
         keep_images=(image_size, resize) if memory_cache else None,
         progress=progress,
+        strict=strict,
     )
     good = report.good
 

@@ -7,24 +7,33 @@ everything it calls (`decode_image`, `resize_image`) are therefore built from
 core TensorFlow ops only (no `tf.py_function`, PIL or NumPy), run under
 `tf.function` with unknown shapes, and give the same pixels in both places.
 
-Before decoding, the header is checked, because TensorFlow's decoders fail a
-whole step on a truncated file (`InvalidArgumentError`) and happily allocate
-whatever size a header declares, so a small file can decode to gigabytes.
-The check exists twice, reading one table of formats (`IMAGE_FORMATS`: each
-one's signature and end marker) and one pixel limit (`DEFAULT_MAX_PIXELS`):
+Before decoding, every image passes one guard, because TensorFlow's
+decoders fail a whole step on a truncated file (`InvalidArgumentError`) and
+happily allocate whatever size a header declares, so a small file can
+decode to gigabytes (and a GIF decodes every one of its frames). The guard
+exists twice, reading one table of formats (`IMAGE_FORMATS`: each one's
+signature and end marker), one GIF block walk and one pixel limit
+(`DEFAULT_MAX_PIXELS`, counted over all frames):
 
-- `inspect_image` and `header_problem`: plain Python reading the header and
-  the end of a file without decoding it, for the training data check;
+- `check_image` (`inspect_image` and `header_problem`): plain Python
+  reading the header, the block structure and the end of a file without
+  decoding it. The data check (and so the training pipeline), `mmzoo
+  predict` and the TFLite app path (`prepare_image`) call it; its `strict`
+  option also has libjpeg decode a JPEG and refuses it when libjpeg warns
+  that its data is corrupt;
 - `check_encoded_image`: the same rules in TensorFlow ops, for the exported
-  serving graph, where a bad request must fail naming the bad image.
+  serving graph (`load_images`), where a bad request must fail naming the
+  bad image.
 
 `augment_image` is for training only and is never exported.
 """
 
 import numbers
+import os
 import struct
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from mmzoo.checks import check_choice
@@ -96,12 +105,23 @@ class ImageInfo(NamedTuple):
         height: height in pixels, or `None` likewise.
         truncated: `True` when the file ends before its data does (no
             trailer, or fewer bytes than the header requires).
+        frames: how many frames the decoder decodes: 1, except for a GIF,
+            whose frames are counted from its block structure (0 for a GIF
+            holding no image, `None` where its blocks are unreadable).
+            TensorFlow's GIF decoder decodes every frame even when it
+            returns only the first.
+
+    A GIF's `width` and `height` are its canvas: the logical screen,
+    widened to any frame reaching beyond it. TensorFlow sizes its output by
+    the frames, not the screen (a 10x10 screen holding a 3000x3000 frame
+    decodes to 3000x3000), and Pillow by both.
     """
 
     format: str | None
     width: int | None
     height: int | None
     truncated: bool
+    frames: int | None = 1
 
 
 _UNKNOWN = ImageInfo(None, None, None, False)
@@ -226,14 +246,76 @@ def _inspect_png(view):
 
 
 def _inspect_gif(view):
-    # The logical screen size follows the 6-byte "GIF87a"/"GIF89a" header;
-    # TensorFlow decodes every frame onto a canvas of this size.
-    screen = _read(view, 6, 4)
-    if screen is None:
+    screen = _read(view, 6, 5)
+    if screen is None or len(view) < _GIF_BLOCKS_START:
         return ImageInfo("gif", None, None, True)
-    width, height = struct.unpack("<HH", screen)
-    truncated = _is_cut_short(view, "gif")
-    return ImageInfo("gif", width or None, height or None, truncated)
+    width, height, packed = struct.unpack("<HHB", screen)
+    frames, right, bottom, state = _gif_frames(
+        view, _GIF_BLOCKS_START + _gif_table_size(packed)
+    )
+    truncated = state == _TRUNCATED or _is_cut_short(view, "gif")
+    width, height = max(width, right), max(height, bottom)
+    frames = None if state == _MALFORMED else frames
+    return ImageInfo("gif", width or None, height or None, truncated, frames)
+
+
+# A GIF is a header (6 bytes), a logical screen descriptor (7), an optional
+# colour table, then blocks, each introduced by one byte: an image (2C: a
+# 9-byte descriptor, an optional local colour table, the LZW code size byte
+# and data sub-blocks), an extension (21: a label byte and data sub-blocks)
+# or the trailer (3B). Data sub-blocks are a length byte and that many bytes,
+# ended by a zero length.
+_GIF_BLOCKS_START = 13
+_GIF_IMAGE, _GIF_EXTENSION, _GIF_TRAILER = 0x2C, 0x21, 0x3B
+# A walk's states: looking at a marker or block introducer, in a GIF's data
+# sub-blocks, and how it ends (the graph twins' loop states too).
+_AT_MARKER, _IN_SUB_BLOCKS = 0, 1
+_COMPLETE, _TRUNCATED, _MALFORMED = 2, 3, 4
+
+
+def _gif_table_size(packed):
+    """Bytes of the colour table a screen or image descriptor announces."""
+    return 3 << ((packed & 7) + 1) if packed & 0x80 else 0
+
+
+def _gif_frames(view, position):
+    """`(frames, right, bottom, state)` from walking a GIF's blocks.
+
+    `right` and `bottom` are the furthest extent of any frame; `state` is
+    `_COMPLETE` (the trailer reached), `_TRUNCATED` (the data ends
+    first) or `_MALFORMED` (a byte that introduces no block, which
+    giflib refuses too). One step per sub-block, never per pixel: a 780 KB
+    file of 300 frames takes about 3,700 steps. `_graph_gif_size` is the
+    same walk in TensorFlow ops.
+    """
+    end = len(view)
+    frames = right = bottom = 0
+    while True:
+        if position >= end:
+            return frames, right, bottom, _TRUNCATED
+        introducer = view[position]
+        if introducer == _GIF_TRAILER:
+            return frames, right, bottom, _COMPLETE
+        if introducer == _GIF_EXTENSION:
+            position += 2
+        elif introducer == _GIF_IMAGE:
+            descriptor = _read(view, position + 1, 9)
+            if descriptor is None:
+                return frames, right, bottom, _TRUNCATED
+            left, top, width, height, packed = struct.unpack("<HHHHB", descriptor)
+            frames += 1
+            right, bottom = max(right, left + width), max(bottom, top + height)
+            # The descriptor, its colour table and the LZW code size byte.
+            position += 10 + _gif_table_size(packed) + 1
+        else:
+            return frames, right, bottom, _MALFORMED
+        while True:
+            if position >= end:
+                return frames, right, bottom, _TRUNCATED
+            size = view[position]
+            position += 1 + size
+            if size == 0:
+                break
 
 
 def _inspect_bmp(view):
@@ -280,12 +362,13 @@ _INSPECTORS = {
 def header_problem(info, max_pixels=DEFAULT_MAX_PIXELS):
     """Why an image's header refuses it, or `None` when it passes.
 
-    The rules the training data check skips a row by (`check_manifest`);
+    The rules of `check_image`, on what `inspect_image` read;
     `check_encoded_image` applies them in the serving graph.
 
     Args:
         info: the `ImageInfo` from `inspect_image`.
-        max_pixels: the most pixels the header may declare.
+        max_pixels: the most pixels the header may declare, counted over
+            every frame a decoder decodes (a GIF's frames times its canvas).
 
     Returns:
         `None` for a complete image of at most `max_pixels` pixels, else
@@ -303,20 +386,182 @@ def header_problem(info, max_pixels=DEFAULT_MAX_PIXELS):
     """
     if info.format is None:
         return "undecodable_image", f"not a {_FORMAT_NAMES} image"
+    name = info.format.upper()
     if info.truncated:
-        return "truncated_image", f"{info.format.upper()} file ends early"
+        return "truncated_image", f"{name} file ends early"
     if info.width is None or info.height is None:
-        return "undecodable_image", f"unreadable {info.format.upper()} header"
-    if info.width * info.height > max_pixels:
+        return "undecodable_image", f"unreadable {name} header"
+    if info.frames is None:
+        return "undecodable_image", f"unreadable {name} blocks"
+    if info.frames == 0:
+        return "undecodable_image", f"{name} file holds no image"
+    pixels = info.frames * info.width * info.height
+    if pixels > max_pixels:
+        size = f"{info.width}x{info.height}"
+        if info.frames > 1:
+            size = f"{info.frames:,} frames of {size}"
         return (
             "image_too_large",
-            f"{info.width}x{info.height} = {info.width * info.height:,} "
-            f"pixels > max_pixels={max_pixels:,}",
+            f"{size} = {pixels:,} pixels > max_pixels={max_pixels:,}",
         )
     return None
 
 
-# === The header check in the graph ===
+def check_image(data, max_pixels=DEFAULT_MAX_PIXELS, strict=False):
+    """Why image bytes must not be decoded, or `None` when they may.
+
+    The one guard every image passes before it is decoded: the data check
+    and so the training pipeline (`mmzoo.data.check_manifest`),
+    `mmzoo predict` and the TFLite app path (`prepare_image`) call it, and
+    the serving graph applies the same rules in TensorFlow ops
+    (`check_encoded_image`, through `load_images`). It reads the header and
+    the block structure only, never the pixels: unknown format, a file cut
+    short, an unreadable header, or more than `max_pixels` pixels over all
+    the frames a decoder decodes (a decompression bomb is refused here, in
+    microseconds, before anything allocates its pixels).
+
+    Args:
+        data: the whole file's bytes (any bytes-like object).
+        max_pixels: the most pixels the image may decode to, counted over
+            every frame (TensorFlow decodes every frame of a GIF even when
+            it returns only the first: 300 frames of 1000x1000 take 150
+            times as long as one). The default, 64 Mpx, also bounds an
+            animation: 67 frames of 1000x1000 pass, 68 do not.
+        strict: also decode a JPEG's entropy-coded data with libjpeg-turbo
+            and refuse it when libjpeg warns that the data is corrupt
+            ("Corrupt JPEG data: ..."). TensorFlow's decoder prints that
+            warning without failing and returns garbage pixels; most JPEGs
+            with a few changed bytes pass every other check. It costs a
+            decode (about 0.1 ms for 64x64 pixels, 50 ms for 6 Mpx).
+
+    Returns:
+        `None`, or `(reason, detail)` as `header_problem` gives it.
+
+    Example:
+
+    >>> data = tf.io.encode_png(tf.zeros([4, 6, 3], tf.uint8)).numpy()
+    >>> check_image(data) is None
+    True
+    >>> check_image(data[:-1])
+    ('truncated_image', 'PNG file ends early')
+    """
+    problem = header_problem(inspect_image(data), max_pixels)
+    if problem is None and strict:
+        problem = strict_problem(data)
+    return problem
+
+
+def strict_problem(data):
+    """The part of `check_image` that `strict` adds, on its own.
+
+    For the data check, which decodes every image anyway and runs this on
+    the ones that decoded.
+
+    Args:
+        data: the whole file's bytes.
+
+    Returns:
+        `("undecodable_image", "corrupt JPEG data: ...")` for a JPEG whose
+        entropy-coded data libjpeg finds corrupt, in libjpeg's words
+        ("bad Huffman code", "premature end of data segment"); else `None`
+        (other formats too: their decoders fail on corrupt data).
+    """
+    if not bytes(memoryview(data)[:3]) == _FORMAT["jpeg"].signature:
+        return None
+    warning = _jpeg_warning(data)
+    if warning is None:
+        return None
+    warning = warning.removeprefix("Corrupt JPEG data: ")
+    return "undecodable_image", f"corrupt JPEG data: {warning[:1].lower()}{warning[1:]}"
+
+
+def _jpeg_warning(data):
+    """libjpeg-turbo's warning on decoding a JPEG, or `None`.
+
+    simplejpeg's `strict=True` turns libjpeg's warnings into errors, which
+    is exactly the signal needed: of 200 JPEGs with 20 bytes of their scan
+    data changed, TensorFlow's decoder failed on 30 (and printed an
+    anonymous warning for the rest), libjpeg warned on 197, and a structural
+    check of the entropy-coded segments (0xFF followed by 0x00 or the next
+    RSTn, the scan ending at a marker) caught 47. Capturing TensorFlow's own
+    warning would mean redirecting the process's stderr, which is global to
+    every thread; Pillow ignores the warnings.
+
+    Gray output keeps the cost down: the entropy-coded data of every
+    component is still decoded (that is where corruption shows). A JPEG
+    that this decoder cannot read at all (it also fails without `strict`)
+    is left to TensorFlow's decode: not a warning, not this check's call.
+    """
+    import simplejpeg
+
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+    except ValueError:
+        return None
+    colorspace = "CMYK" if colorspace in ("CMYK", "YCCK") else "GRAY"
+    try:
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+    except ValueError as error:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)
+        except ValueError:
+            return None
+        return str(error)
+    return None
+
+
+def prepare_image(image, image_size, resize="stretch", max_pixels=DEFAULT_MAX_PIXELS):
+    """An image file as a zoo model's `image` input: a batch of one.
+
+    What an app does before it runs an exported TFLite model, and what
+    `mmzoo predict` does: `check_image` first (so a bomb is refused before
+    anything is decoded), then `load_image`, the function the training
+    pipeline and the serving graph apply, so the model sees the pixels it
+    was trained on, bit for bit.
+
+    Args:
+        image: a file path, or the file's bytes (JPEG, PNG, GIF or BMP).
+        image_size: an int for a square output, or `(height, width)`.
+        resize: `"stretch"` or `"pad"`, as the run was trained with.
+        max_pixels: as in `check_image`.
+
+    Returns:
+        A float32 NumPy array of shape `(1, height, width, 3)`, RGB values
+        in [0, 255] (whole numbers), the input of every zoo model and of
+        the exported TFLite file.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: for an unknown `resize` or an invalid `image_size`, or
+            an image the guard refuses or the decoder fails on; the message
+            names the file and the reason.
+
+    Example:
+
+    >>> pixels = prepare_image("cat.jpg", 64)
+    >>> pixels.shape, pixels.dtype
+    ((1, 64, 64, 3), dtype('float32'))
+    """
+    check_choice("resize", resize, RESIZE_MODES)
+    _check_image_size(image_size)
+    name = "the image"
+    if isinstance(image, (str, os.PathLike)):
+        name = f"the image {os.fspath(image)!r}"
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"Image not found: {os.fspath(image)!r}")
+        with open(image, "rb") as file:
+            image = file.read()
+    problem = check_image(image, max_pixels)
+    if problem is not None:
+        raise ValueError(f"Cannot decode {name}: {problem[1]}.")
+    try:
+        pixels = load_image(tf.constant(bytes(image)), image_size, resize)
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"Cannot decode {name}: {error.message}") from None
+    return pixels.numpy()[np.newaxis].astype(np.float32)
+
+
+# === The guard in the graph ===
 
 _UNKNOWN_FORMAT = len(IMAGE_FORMATS)
 
@@ -324,31 +569,20 @@ _UNKNOWN_FORMAT = len(IMAGE_FORMATS)
 def check_encoded_image(contents, index, max_pixels=DEFAULT_MAX_PIXELS):
     """`contents`, once its header shows a complete, not too large image.
 
-    The serving graph's header check, in core TensorFlow ops. TensorFlow's
-    decoders fail with messages that do not say which image of a batch is
-    bad, and allocate whatever size a header declares; this check runs
-    first and names the element. It reads the same `IMAGE_FORMATS`, end
-    markers and padding rule as `inspect_image`, so a request is refused for
-    the reasons the training data check skips a row (`header_problem`).
-    Two things are left to the decoder, which refuses them itself: a BMP cut
-    short (its header's sizes, not an end marker, say where it ends) and a
-    header unreadable beyond its size fields.
+    One file through `check_encoded_images`, named `image_bytes[index]`.
 
     Args:
         contents: a scalar string tensor holding the encoded file.
         index: the element's position in its batch (an int or int32
             scalar), named in the messages as `image_bytes[index]`.
-        max_pixels: the most pixels the header may declare (a Python int).
+        max_pixels: the most pixels the header may declare (a Python int),
+            over all of a GIF's frames.
 
     Returns:
         `contents`, to be decoded once the checks pass.
 
     Raises:
-        tf.errors.InvalidArgumentError: when the checks run, for bytes of no
-            supported format ("image_bytes[i] could not be decoded: it is
-            empty or not a JPEG, PNG, GIF or BMP file."), a file without its
-            end marker ("... the PNG file is truncated ...") or too many
-            pixels ("image_bytes[i] is too large to decode: ...").
+        tf.errors.InvalidArgumentError: as `check_encoded_images`.
 
     Example:
 
@@ -361,6 +595,62 @@ def check_encoded_image(contents, index, max_pixels=DEFAULT_MAX_PIXELS):
     InvalidArgumentError: ... image_bytes[3] is too large to decode: its
     header declares 24 pixels, more than max_pixels=10.
     """
+    contents = tf.convert_to_tensor(contents, tf.string)
+    checked = check_encoded_images(contents[tf.newaxis], max_pixels, index)
+    return checked[0]
+
+
+# Graph code throughout, with no Python control flow on tensors: AutoGraph
+# has nothing to convert, and converting it took two thirds of the time to
+# trace a serving signature.
+@tf.autograph.experimental.do_not_convert
+def check_encoded_images(image_bytes, max_pixels=DEFAULT_MAX_PIXELS, first_index=0):
+    """`image_bytes`, once every header shows a complete, not too large image.
+
+    The serving graph's twin of `check_image`, in core TensorFlow ops, on a
+    whole batch at once. TensorFlow's decoders fail with messages that do
+    not say which image of a batch is bad, and allocate whatever size a
+    header declares; this check runs first, fails only through its own
+    assertion, and names the first bad element and its reason. It reads the
+    same `IMAGE_FORMATS`, end markers, padding rule, JPEG marker walk and
+    GIF block walk as `inspect_image`, so a request is refused for the
+    reasons the training data check skips a row (`header_problem`), a GIF's
+    pixels counted over all its frames. Left to the decoder (and named by
+    `load_images`): a BMP cut short (its header's sizes, not an end marker,
+    say where it ends).
+
+    Every step is a vector op over the batch (the walks are `tf.while_loop`s
+    over all the elements together), so the check costs about the same for
+    one image as for a batch of them.
+
+    Args:
+        image_bytes: a string tensor of shape `(batch,)`: encoded files.
+        max_pixels: the most pixels a header may declare (a Python int),
+            over all of a GIF's frames.
+        first_index: the first element's position, for the messages.
+
+    Returns:
+        `image_bytes`, to be decoded once the checks pass.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when the check runs, naming the
+            first bad element: bytes of no supported format
+            ("image_bytes[i] could not be decoded: it is empty or not a
+            JPEG, PNG, GIF or BMP file."), a file without its end marker
+            ("... the PNG file is truncated ..."), a header or block
+            structure giving no size ("... its GIF header or structure is
+            unreadable."), or too many pixels ("image_bytes[i] is too large
+            to decode: ...").
+
+    Example:
+
+    >>> data = tf.io.encode_png(tf.zeros([4, 6, 3], tf.uint8)).numpy()
+    >>> check_encoded_images(tf.constant([data, data[:-1]]))
+    Traceback (most recent call last):
+    ...
+    InvalidArgumentError: ... image_bytes[1] could not be decoded: the PNG
+    file is truncated (it ends before its end marker).
+    """
     if (
         not isinstance(max_pixels, int)
         or isinstance(max_pixels, bool)
@@ -370,141 +660,464 @@ def check_encoded_image(contents, index, max_pixels=DEFAULT_MAX_PIXELS):
             "`max_pixels` must be a positive integer. "
             f"Received: max_pixels={max_pixels!r}"
         )
-    contents = tf.convert_to_tensor(contents, tf.string)
-    image_format = _graph_format(contents)
-    known = _failure(
-        tf.not_equal(image_format, _UNKNOWN_FORMAT),
-        index,
-        f"could not be decoded: it is empty or not a {_FORMAT_NAMES} file.",
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image_bytes.shape.assert_has_rank(1)
+    formats = _graph_formats(image_bytes)
+    files = _GraphBytes(image_bytes)
+    frames, width, height, state = _graph_sizes(files, formats)
+    pixels = frames * width * height
+    readable = tf.reduce_all(
+        [tf.equal(state, _COMPLETE), frames > 0, width > 0, height > 0], axis=0
     )
-    with tf.control_dependencies([known]):
-        names = tf.constant([name.upper() for name in SUPPORTED_FORMATS] + ["?"])
-        complete = _failure(
-            _graph_is_complete(contents, image_format),
-            index,
+    # `header_problem`'s order: format, completeness, header, size.
+    problem = _select(
+        [
+            (tf.equal(formats, _UNKNOWN_FORMAT), 1),
+            (tf.logical_not(_graph_ends_complete(files, formats)), 2),
+            (tf.equal(state, _TRUNCATED), 2),
+            (tf.logical_not(readable), 3),
+            (pixels > max_pixels, 4),
+        ],
+        0,
+    )
+    bad = problem > 0
+    # The first bad element (the batch's size when none is, or it is empty).
+    first = tf.argmax(
+        tf.cast(tf.concat([bad, [True]], 0), tf.int32), output_type=tf.int32
+    )
+
+    def message():
+        name = tf.gather(_graph_format_names(), tf.gather(formats, first))
+        count = tf.gather(frames, first)
+        animated = count > 1
+        messages = [
+            f"could not be decoded: it is empty or not a {_FORMAT_NAMES} file.",
             tf.strings.join(
                 [
                     "could not be decoded: the ",
-                    tf.gather(names, image_format),
+                    name,
                     " file is truncated (it ends before its end marker).",
                 ]
             ),
-        )
-    with tf.control_dependencies([known, complete]):
-        pixels = _graph_declared_pixels(contents, image_format)
-        small = _failure(
-            pixels <= max_pixels,
-            index,
+            tf.strings.join(
+                [
+                    "could not be decoded: its ",
+                    name,
+                    " header or structure is unreadable.",
+                ]
+            ),
             tf.strings.join(
                 [
                     "is too large to decode: its header declares ",
-                    tf.strings.as_string(pixels),
-                    f" pixels, more than max_pixels={max_pixels}.",
+                    tf.strings.as_string(tf.gather(pixels, first)),
+                    " pixels",
+                    tf.where(
+                        animated,
+                        tf.strings.join([" in ", tf.strings.as_string(count)]),
+                        "",
+                    ),
+                    tf.where(animated, " frames", ""),
+                    f", more than max_pixels={max_pixels}.",
                 ]
             ),
+        ]
+        return tf.strings.join(
+            [
+                "image_bytes[",
+                tf.strings.as_string(first + tf.cast(first_index, tf.int32)),
+                "] ",
+                tf.gather(tf.stack(messages), tf.gather(problem, first) - 1),
+            ]
         )
-    with tf.control_dependencies([known, complete, small]):
-        return tf.identity(contents)
 
-
-def _failure(condition, index, problem):
-    """An assertion whose message names the failing element of the batch."""
-    message = tf.strings.join(
-        ["image_bytes[", tf.strings.as_string(index), "] ", problem]
+    all_good = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [tf.cond(tf.reduce_any(bad), message, lambda: tf.constant(""))],
     )
-    return tf.debugging.Assert(condition, [message])
+    with tf.control_dependencies([all_good]):
+        return tf.identity(image_bytes)
 
 
-def _graph_format(contents):
-    """Index of the file's format in `IMAGE_FORMATS`, `_UNKNOWN_FORMAT` if none."""
+def _graph_format_names():
+    """ "JPEG", "PNG", ... in `IMAGE_FORMATS` order, then "?" for none."""
+    return tf.constant([name.upper() for name in SUPPORTED_FORMATS] + ["?"])
+
+
+def _select(cases, default):
+    """The value of the first true condition in `cases`: an if/elif chain.
+
+    Elementwise: the conditions are boolean tensors of one shape, the values
+    tensors or numbers.
+    """
+    result = default
+    for condition, value in reversed(cases):
+        result = tf.where(condition, value, result)
+    return result
+
+
+def _graph_formats(image_bytes):
+    """Each file's format index in `IMAGE_FORMATS`, `_UNKNOWN_FORMAT` if none."""
     matches = [
-        tf.equal(tf.strings.substr(contents, 0, len(signature)), signature)
+        tf.equal(tf.strings.substr(image_bytes, 0, len(signature)), signature)
         for _, signature, _ in IMAGE_FORMATS
     ]
-    # argmax picks the first match; the final `True` catches no match.
-    return tf.argmax(
-        tf.cast(tf.stack([*matches, True]), tf.int32), output_type=tf.int32
-    )
+    formats = tf.fill(tf.shape(image_bytes), _UNKNOWN_FORMAT)
+    # The first match wins, as in `inspect_image`.
+    for position, match in reversed(list(enumerate(matches))):
+        formats = tf.where(match, position, formats)
+    return formats
 
 
-def _graph_is_complete(contents, image_format):
-    branches = [
-        (lambda trailer=trailer: _graph_ends_with(contents, trailer))
-        if trailer is not None
-        # A BMP's completeness depends on its header fields; TensorFlow's
-        # decoder checks the size itself ("Input size should be ...").
-        else (lambda: tf.constant(True))
-        for _, _, trailer in IMAGE_FORMATS
-    ]
-    return tf.switch_case(image_format, [*branches, lambda: tf.constant(False)])
+class _GraphBytes:
+    """A batch of files as one buffer of bytes, for lookups at any position.
 
-
-def _graph_ends_with(contents, trailer):
-    """Whether the file ends with `trailer`, then at most a little padding.
-
-    The rule of `_is_cut_short` (up to `_TRAILER_SLACK` bytes of `_PADDING`),
-    in arithmetic on the bytes rather than a regex: RE2 reads its input as
-    UTF-8, and these bytes are not text.
-    """
-    window = len(trailer) + _TRAILER_SLACK
-    length = tf.strings.length(contents)
-    tail = tf.strings.substr(contents, tf.maximum(length - window, 0), window)
-    values = tf.io.decode_raw(tail, tf.uint8)
-    padding = tf.constant(list(_PADDING), tf.uint8)
-    is_padding = tf.reduce_any(tf.equal(values[:, tf.newaxis], padding), axis=1)
-    # The length of the run of padding at the very end.
-    run = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.reverse(is_padding, [0]), tf.int32)))
-    end = tf.size(values) - run
-    found = tf.equal(
-        tf.strings.substr(tail, tf.maximum(end - len(trailer), 0), len(trailer)),
-        trailer,
-    )
-    return tf.logical_and(end >= len(trailer), found)
-
-
-def _graph_declared_pixels(contents, image_format):
-    """width * height as the header declares it, read without decoding.
-
-    The fields `_inspect_png`, `_inspect_gif` and `_inspect_bmp` read; a
-    JPEG's frame header is found by TensorFlow's own parser.
+    `byte(positions)` reads one byte per element (or a row of them) as
+    int64; a position past a file's end reads as 0 (each file is followed
+    by zero padding in the buffer), so fields can be read before the file
+    is known to hold them: the walks check the length before they trust a
+    field. The buffer is one copy of the batch.
     """
 
-    def jpeg():
-        # A core op that reads the frame header only.
-        shape = tf.io.extract_jpeg_shape(contents, output_type=tf.int32)
-        return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+    _PADDING = 16
 
-    def png():
-        # IHDR: big-endian width and height at bytes 16 and 20.
-        width = _big_endian(_byte_values(contents, 16, 4))
-        height = _big_endian(_byte_values(contents, 20, 4))
-        return width * height
+    def __init__(self, image_bytes):
+        self.length = tf.cast(tf.strings.length(image_bytes), tf.int64)
+        padded = tf.strings.join([image_bytes, b"\0" * self._PADDING])
+        self.buffer = tf.io.decode_raw(tf.strings.reduce_join(padded), tf.uint8)
+        self.start = tf.cumsum(self.length + self._PADDING, exclusive=True)
+        # As columns, for rows of positions (batch, k).
+        self.length_column = self.length[:, tf.newaxis]
+        self.start_column = self.start[:, tf.newaxis]
 
-    def gif():
-        # The logical screen: little-endian width and height at bytes 6, 8.
-        width = _little_endian(_byte_values(contents, 6, 2))
-        height = _little_endian(_byte_values(contents, 8, 2))
-        return width * height
+    def byte(self, positions):
+        """One byte per position: positions of shape (batch,) or (batch, k)."""
+        positions = tf.convert_to_tensor(positions, tf.int64)
+        rows = positions.shape.rank == 2
+        length = self.length_column if rows else self.length
+        start = self.start_column if rows else self.start
+        offsets = start + tf.minimum(tf.maximum(positions, 0), length)
+        return tf.cast(tf.gather(self.buffer, offsets), tf.int64)
 
-    def bmp():
-        header_size = _little_endian(_byte_values(contents, 14, 4))
-        # OS/2 core header: unsigned 16-bit sizes; others: signed 32-bit,
-        # a negative height meaning top-down rows.
-        core = _little_endian(_byte_values(contents, 18, 2)) * _little_endian(
-            _byte_values(contents, 20, 2)
-        )
-        width = _signed32(_little_endian(_byte_values(contents, 18, 4)))
-        height = _signed32(_little_endian(_byte_values(contents, 22, 4)))
-        return tf.where(
-            tf.equal(header_size, _BMP_CORE_HEADER_SIZE), core, tf.abs(width * height)
-        )
+    def row(self, position, size):
+        """`size` bytes from `position` of each file, shape (batch, size)."""
+        position = tf.convert_to_tensor(position, tf.int64)
+        position = position + tf.zeros_like(self.length)  # one per element
+        return self.byte(position[:, tf.newaxis] + tf.range(size, dtype=tf.int64))
 
-    pixels = {"jpeg": jpeg, "png": png, "gif": gif, "bmp": bmp}
-    return tf.switch_case(
-        image_format,
-        [pixels[name] for name in SUPPORTED_FORMATS]
-        + [lambda: tf.constant(0, tf.int64)],
+    def field(self, position, size, byteorder):
+        """The unsigned `size`-byte integer at `position` of each file."""
+        return _integer(self.row(position, size), byteorder)
+
+
+def _integer(values, byteorder):
+    """The unsigned integer of a row of byte values, per element."""
+    weights = [256**k for k in range(values.shape[-1])]
+    if byteorder == "big":
+        weights.reverse()
+    return tf.reduce_sum(values * weights, axis=-1)
+
+
+def _graph_ends_complete(files, formats):
+    """Whether each file ends with its format's end marker (`_is_cut_short`).
+
+    Up to `_TRAILER_SLACK` bytes of `_PADDING` may follow the marker. A BMP
+    passes: its header's sizes, not a marker, say where it ends, and
+    TensorFlow's decoder checks them ("Input size should be ...").
+    """
+    longest = max(len(trailer) for _, _, trailer in IMAGE_FORMATS if trailer)
+    window = longest + _TRAILER_SLACK + 1
+    positions = files.length[:, tf.newaxis] - window + tf.range(window, dtype=tf.int64)
+    inside = positions >= 0
+    values = files.byte(positions)
+    padding = tf.constant(list(_PADDING), tf.int64)
+    is_padding = tf.logical_and(
+        inside, tf.reduce_any(tf.equal(values[..., tf.newaxis], padding), axis=-1)
     )
+    # The run of padding at the very end (capped by the window, which is
+    # longer than the slack allows).
+    run = tf.reduce_sum(
+        tf.math.cumprod(tf.cast(tf.reverse(is_padding, [1]), tf.int64), axis=1),
+        axis=1,
+    )
+    ends = []
+    for _, _, trailer in IMAGE_FORMATS:
+        if trailer is None:
+            ends.append(tf.ones_like(run, tf.bool))
+            continue
+        end = files.length - run
+        marker = files.byte(
+            end[:, tf.newaxis] - len(trailer) + tf.range(len(trailer), dtype=tf.int64)
+        )
+        found = tf.reduce_all(tf.equal(marker, list(trailer)), axis=1)
+        ends.append(
+            tf.reduce_all([run <= _TRAILER_SLACK, end >= len(trailer), found], axis=0)
+        )
+    ends.append(tf.zeros_like(run, tf.bool))
+    # Each element's own format's answer.
+    return tf.gather(tf.stack(ends, axis=1), formats, batch_dims=1)
+
+
+def _graph_sizes(files, formats):
+    """`(frames, width, height, state)` per file, as `inspect_image` reads them.
+
+    int64 vectors. `state` is `_COMPLETE` where the size was found,
+    `_TRUNCATED` where the data ends first and `_MALFORMED` where the
+    markers or blocks are not a JPEG's or a GIF's; a size field of 0 (or a
+    BMP's negative width) leaves the size unreadable.
+    """
+    is_format = {
+        name: tf.equal(formats, position)
+        for position, name in enumerate(SUPPORTED_FORMATS)
+    }
+    batch = tf.shape(formats)
+    complete = tf.fill(batch, tf.constant(_COMPLETE, tf.int64))
+    ones = tf.ones(batch, tf.int64)
+    # The first chunk: IHDR, of length 13, with the big-endian width and
+    # height at bytes 16 and 20.
+    ihdr = files.byte(8 + tf.range(8, dtype=tf.int64)[tf.newaxis])
+    ihdr = tf.reduce_all(tf.equal(ihdr, list(b"\0\0\0\x0dIHDR")), axis=1)
+    png = (
+        ones,
+        files.field(16, 4, "big"),
+        files.field(20, 4, "big"),
+        tf.where(ihdr, complete, _MALFORMED),
+    )
+    # OS/2 core header: unsigned 16-bit sizes; others: signed 32-bit, a
+    # negative height meaning top-down rows.
+    header_size = files.field(14, 4, "little")
+    core = tf.equal(header_size, _BMP_CORE_HEADER_SIZE)
+    known = tf.reduce_any(
+        tf.equal(
+            header_size[:, tf.newaxis],
+            [_BMP_CORE_HEADER_SIZE, *_BMP_INFO_HEADER_SIZES],
+        ),
+        axis=1,
+    )
+    bmp = (
+        ones,
+        tf.where(
+            core, files.field(18, 2, "little"), _signed32(files.field(18, 4, "little"))
+        ),
+        tf.where(
+            core,
+            files.field(20, 2, "little"),
+            tf.abs(_signed32(files.field(22, 4, "little"))),
+        ),
+        tf.where(known, complete, _MALFORMED),
+    )
+    jpeg = _graph_jpeg_sizes(files, is_format["jpeg"])
+    gif = _graph_gif_sizes(files, is_format["gif"])
+    sizes = {"jpeg": jpeg, "png": png, "gif": gif, "bmp": bmp}
+    unknown = (
+        0 * ones,
+        0 * ones,
+        0 * ones,
+        tf.fill(batch, tf.constant(_MALFORMED, tf.int64)),
+    )
+    return tuple(
+        _select(
+            [(is_format[name], sizes[name][field]) for name in SUPPORTED_FORMATS],
+            unknown[field],
+        )
+        for field in range(4)
+    )
+
+
+def _walk_states():
+    """The walks' states as int64 scalars, the dtype of every loop variable."""
+    states = (_AT_MARKER, _IN_SUB_BLOCKS, _COMPLETE, _TRUNCATED, _MALFORMED)
+    return [tf.constant(state, tf.int64) for state in states]
+
+
+def _walk(step, state, variables, walking):
+    """Run `step` over the elements `walking` until each one's walk ends.
+
+    The others start (and stay) `_COMPLETE`; the loop does not run at all
+    without an element to walk.
+    """
+    state = tf.where(walking, state, tf.constant(_COMPLETE, tf.int64))
+
+    def loop():
+        return tf.while_loop(
+            lambda *loop: tf.reduce_any(loop[-1] < _COMPLETE),
+            step,
+            (*variables, state),
+        )
+
+    return tf.cond(tf.reduce_any(walking), loop, lambda: (*variables, state))
+
+
+def _graph_jpeg_sizes(files, is_jpeg):
+    """`(1, width, height, state)`: `_jpeg_frame_size` in TensorFlow ops.
+
+    The same walk over the marker segments up to the frame header (SOFn),
+    two segments (or fill bytes) a loop step, skipping segments by their
+    length as the Python walk does. TensorFlow's own `extract_jpeg_shape`
+    would read the size too, but it parses the tables on its way and fails,
+    naming no element, on a corrupt one.
+    """
+    at_marker, _, complete, truncated, malformed = _walk_states()
+    length = files.length
+
+    def table(markers):
+        return tf.constant([marker in markers for marker in range(256)])
+
+    sof, standalone = table(_JPEG_SOF_MARKERS), table(_JPEG_STANDALONE_MARKERS)
+    # A second SOI, the end of image or the scan before any frame header.
+    misplaced = table({0xD8, 0xD9, 0xDA})
+
+    def segment(position, width, height, state):
+        # FF, the marker, its segment's length, and a frame header's
+        # precision, height and width.
+        row = files.row(position, 9)
+        marker = row[:, 1]
+        is_fill = tf.equal(marker, 0xFF)
+        is_standalone = tf.gather(standalone, marker)
+        is_sof = tf.gather(sof, marker)
+        size = _integer(row[:, 2:4], "big")
+        new_state = _select(
+            [
+                (position >= length, truncated),
+                (tf.not_equal(row[:, 0], 0xFF), malformed),
+                (position + 1 >= length, truncated),
+                (tf.logical_or(is_fill, is_standalone), at_marker),
+                (tf.gather(misplaced, marker), malformed),
+                (position + 4 > length, truncated),
+                (size < 2, malformed),
+                (tf.logical_and(is_sof, position + 9 > length), truncated),
+                (is_sof, complete),
+            ],
+            at_marker,
+        )
+        applies = tf.equal(state, at_marker)
+        found = tf.logical_and(applies, tf.equal(new_state, complete))
+        new_position = _select(
+            [(is_fill, position + 1), (is_standalone, position + 2)],
+            position + 2 + size,
+        )
+        return (
+            tf.where(applies, new_position, position),
+            tf.where(found, _integer(row[:, 7:9], "big"), width),
+            tf.where(found, _integer(row[:, 5:7], "big"), height),
+            tf.where(applies, new_state, state),
+        )
+
+    def step(position, width, height, state):
+        # Two segments a step (each acts only while its walk goes on): a
+        # TensorFlow loop step costs tens of microseconds, and every
+        # unrolled segment adds to the time to trace a signature.
+        for _ in range(2):
+            position, width, height, state = segment(position, width, height, state)
+        return position, width, height, state
+
+    zero = tf.zeros_like(length)
+    _, width, height, state = _walk(
+        step, at_marker + zero, (2 + zero, zero, zero), is_jpeg
+    )
+    return tf.ones_like(length), width, height, state
+
+
+def _graph_gif_sizes(files, is_gif):
+    """`(frames, width, height, state)` of GIFs: `_gif_frames` in TF ops.
+
+    The same walk over the blocks, in a `tf.while_loop` of usually one step
+    per block; every step moves forward at least one byte, so the loop ends
+    within the file's length. `width` and `height` are the canvas, as
+    `_inspect_gif` gives it.
+    """
+    at_block, in_sub_blocks, complete, truncated, malformed = _walk_states()
+    length = files.length
+
+    def table_size(packed):
+        has_table = tf.not_equal(tf.bitwise.bitwise_and(packed, 0x80), 0)
+        size = 3 * tf.bitwise.left_shift(
+            tf.constant(2, tf.int64), tf.bitwise.bitwise_and(packed, 7)
+        )
+        return tf.where(has_table, size, tf.zeros_like(size))
+
+    def block(position, frames, right, bottom, state):
+        # At a block introducer: read the block's header.
+        beyond = position >= length
+        # The introducer, and an image descriptor's left, top, width, height
+        # and packed fields.
+        row = files.row(position, 10)
+        current = row[:, 0]
+        is_image = tf.equal(current, _GIF_IMAGE)
+        is_extension = tf.equal(current, _GIF_EXTENSION)
+        has_descriptor = position + 10 <= length
+        new_state = _select(
+            [
+                (beyond, truncated),
+                (tf.equal(current, _GIF_TRAILER), complete),
+                (is_extension, in_sub_blocks),
+                (tf.logical_and(is_image, has_descriptor), in_sub_blocks),
+                (is_image, truncated),
+            ],
+            malformed,
+        )
+        new_position = tf.where(
+            is_extension,
+            position + 2,
+            position + 11 + table_size(row[:, 9]),
+        )
+        applies = tf.equal(state, at_block)
+        new_frame = tf.logical_and(applies, tf.equal(new_state, in_sub_blocks))
+        new_frame = tf.logical_and(new_frame, is_image)
+        left, top, width, height = (
+            _integer(row[:, offset : offset + 2], "little") for offset in (1, 3, 5, 7)
+        )
+        return (
+            tf.where(applies, new_position, position),
+            frames + tf.cast(new_frame, tf.int64),
+            tf.where(new_frame, tf.maximum(right, left + width), right),
+            tf.where(new_frame, tf.maximum(bottom, top + height), bottom),
+            tf.where(applies, new_state, state),
+        )
+
+    def skip_full_sub_blocks(position, state):
+        # Encoders write data in full sub-blocks of 255 bytes: a run of them,
+        # every 256th byte a length of 255, is skipped at once (up to 512 of
+        # them, 128 KB, per step; past a file's end, lengths read as 0).
+        lengths = files.byte(
+            position[:, tf.newaxis] + 256 * tf.range(512, dtype=tf.int64)
+        )
+        run = tf.math.cumprod(tf.cast(tf.equal(lengths, 255), tf.int64), axis=1)
+        skipped = position + 256 * tf.reduce_sum(run, axis=1)
+        return tf.where(tf.equal(state, in_sub_blocks), skipped, position)
+
+    def sub_block(position, state):
+        # In data sub-blocks: skip one; a zero length ends them.
+        size = files.byte(position)
+        new_state = _select(
+            [(position >= length, truncated), (tf.equal(size, 0), at_block)],
+            in_sub_blocks,
+        )
+        applies = tf.equal(state, in_sub_blocks)
+        return (
+            tf.where(applies, position + 1 + size, position),
+            tf.where(applies, new_state, state),
+        )
+
+    def step(position, frames, right, bottom, state):
+        # Each part acts only in its state, so one step usually covers a
+        # whole block: its header, its full sub-blocks, the last one and the
+        # terminator (a TensorFlow loop step costs tens of microseconds).
+        position, frames, right, bottom, state = block(
+            position, frames, right, bottom, state
+        )
+        position = skip_full_sub_blocks(position, state)
+        for _ in range(2):
+            position, state = sub_block(position, state)
+        return position, frames, right, bottom, state
+
+    zero = tf.zeros_like(length)
+    start = _GIF_BLOCKS_START + table_size(files.byte(10 + zero))
+    _, frames, right, bottom, state = _walk(
+        step, at_block + zero, (start, zero, zero, zero), is_gif
+    )
+    width = tf.maximum(files.field(6 + zero, 2, "little"), right)
+    height = tf.maximum(files.field(8 + zero, 2, "little"), bottom)
+    return frames, width, height, state
 
 
 def _byte_values(contents, start, size):
@@ -512,8 +1125,11 @@ def _byte_values(contents, start, size):
 
     Padding with zeros makes a short file read as zeros instead of failing,
     so header fields can be read before the file is known to be complete.
+    `start + size` bytes of it, so that even an empty file reads as zeros:
+    `tf.strings.substr` past the end fails with a message quoting the
+    file's bytes, which are not UTF-8 and not the element's name.
     """
-    padding = tf.constant(b"\0" * size)
+    padding = tf.constant(b"\0" * (start + size))
     field = tf.strings.substr(tf.strings.join([contents, padding]), start, size)
     values = tf.reshape(tf.io.decode_raw(field, tf.uint8), [size])
     return tf.cast(values, tf.int64)
@@ -767,6 +1383,97 @@ def load_image(contents, image_size, resize="stretch"):
     _check_image_size(image_size)
     image = resize_image(decode_image(contents), image_size, mode=resize)
     return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
+@tf.autograph.experimental.do_not_convert
+def load_images(
+    image_bytes, image_size, resize="stretch", max_pixels=DEFAULT_MAX_PIXELS
+):
+    """A batch of encoded images as uint8 model input; a bad one named.
+
+    The serving signature's image path, in core TensorFlow ops. Each
+    element's header is checked first (`check_encoded_image`, which names
+    `image_bytes[i]`), then each is decoded and resized by `load_image`, so
+    the pixels are the training pipeline's. A file whose header passes but
+    whose data does not decode (a corrupt PNG stream, a JPEG whose scan
+    data is broken) fails the batch naming its index too: a graph has no
+    try/except, so the decoding runs through a tf.data pipeline that drops
+    failures (`ignore_errors`, which logs the decoder's own message), and
+    the first index that did not come back is named.
+
+    Args:
+        image_bytes: a string tensor of shape `(batch,)`: encoded files.
+        image_size: an int for a square output, or `(height, width)`.
+        resize: `"stretch"` or `"pad"`, as in `resize_image`.
+        max_pixels: as in `check_encoded_image`.
+
+    Returns:
+        A uint8 tensor of shape `(batch, height, width, 3)`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when it runs, naming the first bad
+            element: "image_bytes[i] is too large to decode: ...",
+            "image_bytes[i] could not be decoded: ...".
+
+    Example:
+
+    >>> data = tf.io.encode_png(tf.zeros([4, 6, 3], tf.uint8))
+    >>> load_images(tf.stack([data, data]), 8).shape
+    TensorShape([2, 8, 8, 3])
+    >>> load_images(tf.constant([data.numpy(), b"GIF8"]), 8)
+    Traceback (most recent call last):
+    ...
+    InvalidArgumentError: ... image_bytes[1] could not be decoded: the GIF
+    file is truncated (it ends before its end marker).
+    """
+    check_choice("resize", resize, RESIZE_MODES)
+    height, width = _check_image_size(image_size)
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    count = tf.shape(image_bytes)[0]
+    indices = tf.range(count)
+    checked = check_encoded_images(image_bytes, max_pixels)
+    decoded = tf.data.Dataset.from_tensor_slices((indices, checked))
+    decoded = decoded.map(
+        tf.autograph.experimental.do_not_convert(
+            lambda index, contents: (index, load_image(contents, image_size, resize))
+        ),
+        # Up to 10 at once, as `tf.map_fn` ran them before; AUTOTUNE costs
+        # about a millisecond more per request, spent tuning a short run.
+        num_parallel_calls=10,
+        deterministic=True,
+    )
+    decoded = decoded.ignore_errors(log_warning=True)
+    # All the survivors as one batch; the empty one when none survived (or
+    # the batch was empty), since `get_single_element` needs an element.
+    nothing = tf.data.Dataset.from_tensors(
+        (tf.zeros([0], tf.int32), tf.zeros([0, height, width, 3], tf.uint8))
+    )
+    decoded = decoded.batch(tf.cast(tf.maximum(count, 1), tf.int64))
+    survivors, pixels = decoded.concatenate(nothing).take(1).get_single_element()
+    returned = tf.shape(survivors)[0]
+    # The survivors keep their order: the first missing index is the length
+    # of the run of survivors that match 0, 1, 2, ...
+    in_place = tf.equal(survivors, tf.range(returned))
+    missing = tf.reduce_sum(tf.math.cumprod(tf.cast(in_place, tf.int32)))
+
+    def problem():
+        name = tf.gather(_graph_format_names(), _graph_formats(image_bytes)[missing])
+        return tf.strings.join(
+            [
+                "image_bytes[",
+                tf.strings.as_string(missing),
+                "] could not be decoded: its ",
+                name,
+                " data is corrupt (TensorFlow's decoder failed on it).",
+            ]
+        )
+
+    all_decoded = tf.debugging.Assert(
+        tf.equal(returned, count),
+        [tf.cond(returned < count, problem, lambda: tf.constant(""))],
+    )
+    with tf.control_dependencies([all_decoded]):
+        return tf.identity(pixels)
 
 
 def augment_image(image, seed, *, flip=True, crop=0.0, brightness=0.0, contrast=0.0):

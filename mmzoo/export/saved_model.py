@@ -93,11 +93,6 @@ class _ServingFunctions:
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.text_input = "tokens" if "tokens" in model.input else "text"
 
-    def _load_image(self, element):
-        contents, index = element
-        contents = image_lib.check_encoded_image(contents, index, self.max_pixels)
-        return image_lib.load_image(contents, self.image_size, self.resize)
-
     def _run_model(self, features):
         # On an empty batch, TensorFlow 2.21's oneDNN Conv2D (the CPU
         # default) returns its input's shape, (0, H, W, C_in), and the next
@@ -119,21 +114,19 @@ class _ServingFunctions:
         }
 
     def serving_default(self, image_bytes, text):
-        count = tf.shape(image_bytes)[0]
+        image_bytes = _batch_vector(image_bytes, serving.IMAGE_INPUT)
+        text = _batch_vector(text, serving.TEXT_INPUT)
         same_length = tf.debugging.assert_equal(
-            count,
+            tf.shape(image_bytes)[0],
             tf.shape(text)[0],
             message="`image_bytes` and `text` must hold one text per image",
         )
         with tf.control_dependencies([same_length]):
-            indices = tf.range(count)
-        pixels = tf.map_fn(
-            self._load_image,
-            (image_bytes, indices),
-            fn_output_signature=tf.TensorSpec(
-                (self.image_size, self.image_size, 3), tf.uint8
-            ),
-        )
+            # Headers checked, then decoded; any bad file fails the batch
+            # with a message naming its index.
+            pixels = image_lib.load_images(
+                image_bytes, self.image_size, self.resize, self.max_pixels
+            )
         features = {"image": tf.cast(pixels, tf.float32)}
         if self.tokenizer is not None:
             features[self.text_input] = self.tokenizer(text)
@@ -152,6 +145,41 @@ class _ServingFunctions:
 
     def predict_texts(self, image, text):
         return self._run_model({"image": image, "text": text})
+
+
+# The inputs of `serving_default`: one encoded file and one text per example.
+SERVING_INPUTS = (
+    tf.TensorSpec([None], tf.string, name=serving.IMAGE_INPUT),
+    tf.TensorSpec([None], tf.string, name=serving.TEXT_INPUT),
+)
+
+
+def _batch_vector(value, name):
+    """`value`, once it is shown to be a vector: one entry per example.
+
+    The signature declares its inputs of any shape: declared `[None]`, a
+    `[1, 1]` tensor still reaches the graph (neither TF Serving nor a loaded
+    signature checks shapes) and fails deep inside with "Specified a list
+    with shape [] from a tensor with shape [1]", while an assertion on the
+    rank would be folded away, the rank being known. Any shape in, this
+    assertion says which one is expected.
+    """
+    rank_is_one = tf.debugging.Assert(
+        tf.equal(tf.rank(value), 1),
+        [
+            tf.strings.join(
+                [
+                    f"`{name}` must have shape [batch] (one string per example). "
+                    "Received: shape ",
+                    tf.strings.format("{}", tf.shape(value)),
+                ]
+            )
+        ],
+    )
+    with tf.control_dependencies([rank_is_one]):
+        # Restores the static rank. A reshape cannot fail; `tf.ensure_shape`
+        # here failed ahead of the assertion, with its own message.
+        return tf.reshape(value, [-1])
 
 
 def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
@@ -263,9 +291,9 @@ def build_serving_module(
     archive.add_endpoint(
         SERVING_SIGNATURE,
         functions.serving_default,
+        # Any shape, so that a wrong one meets `_batch_vector`'s message.
         input_signature=[
-            tf.TensorSpec([None], tf.string, name=serving.IMAGE_INPUT),
-            tf.TensorSpec([None], tf.string, name=serving.TEXT_INPUT),
+            tf.TensorSpec(None, spec.dtype, name=spec.name) for spec in SERVING_INPUTS
         ],
     )
     image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, "image")
@@ -308,14 +336,16 @@ def _check_warmup(examples):
     checked = []
     for index, (image, text) in enumerate(examples):
         data = serving._image_bytes(image)
-        info = image_lib.inspect_image(data)
-        if info.format is None or info.truncated or info.width is None:
+        # The guard the serving graph applies, so warmup cannot fail there.
+        problem = image_lib.check_image(data, DEFAULT_MAX_PIXELS)
+        if problem is not None:
             where = (
                 f" ({os.fspath(image)})" if isinstance(image, str | os.PathLike) else ""
             )
             raise ValueError(
                 f"warmup[{index}]{where} is not a complete JPEG, PNG, GIF or BMP "
-                "image; TF Serving would refuse a version whose warmup fails."
+                f"image of at most {DEFAULT_MAX_PIXELS:,} pixels ({problem[1]}); "
+                "TF Serving would refuse a version whose warmup fails."
             )
         checked.append((data, text))
     return checked
@@ -355,6 +385,10 @@ def _signatures_card(loaded):
     for signature in (SERVING_SIGNATURE, TENSORS_SIGNATURE):
         function = loaded.signatures[signature]
         _, inputs = function.structured_input_signature
+        if signature == SERVING_SIGNATURE:
+            # It accepts any shape to refuse a wrong one clearly; the card
+            # states the shape it asserts.
+            inputs = {spec.name: spec for spec in SERVING_INPUTS}
         card[signature] = {
             "inputs": {key: _spec_card(spec) for key, spec in inputs.items()},
             "outputs": {

@@ -18,8 +18,14 @@ The graph holds the model alone: its signature `serving_default` takes
 `modality_weights`. Decoding images and tokenizing text stay outside, in
 the app: that keeps every op a TFLite builtin (no Select TF ops, no custom
 ops), so the file runs on the stock LiteRT runtime with its default XNNPACK
-delegate. The app prepares inputs as `mmzoo.data.images.load_image` and the
-shipped `pure_python_tokenizer.py` do (see `model.json`).
+delegate. The app prepares inputs as `mmzoo.data.images.prepare_image` and
+the shipped `pure_python_tokenizer.py` do (see `model.json`):
+`prepare_image(path_or_bytes, image_size, resize)` applies the image guard
+every entry point applies (`mmzoo.data.images.check_image`: format, a file
+cut short, at most 64 Mpx over all of a GIF's frames) before `load_image`,
+the training pipeline's decode and resize, and returns the model's float32
+`(1, S, S, 3)` input. A Python app calls it; another app follows the same
+steps, `IMAGE_PREPROCESSING` in `model.json`.
 
 Quantisations (`quantize=`):
 
@@ -48,14 +54,19 @@ import warnings
 import numpy as np
 
 from mmzoo.checks import check_choice
+from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 SIGNATURE_KEY = "serving_default"
 PYTHON_TOKENIZER = "pure_python_tokenizer.py"
 LABELS_FILE = "labels.txt"
 
-# The app-side recipe for pixels, as `mmzoo.data.images.load_image` does it.
+# The app-side recipe for pixels, as `mmzoo.data.images.prepare_image` does it.
 IMAGE_PREPROCESSING = (
+    "Before decoding, refuse a file that is not a complete JPEG, PNG, GIF or "
+    f"BMP, or whose header declares more than {DEFAULT_MAX_PIXELS:,} pixels, "
+    "counted over every frame of a GIF (frames x canvas): decoders allocate "
+    "what a header declares, and decode every frame of a GIF.",
     "Decode the JPEG, PNG, GIF (first frame) or BMP file to RGB; repeat a "
     "grayscale channel three times.",
     "Composite transparency on white: rgb * alpha / 255 + (255 - alpha).",
@@ -597,7 +608,7 @@ def _write_companions(run, path, content, quantize, batch_size):
         "batch_size": batch_size,
         "preprocessing": {
             "image": list(IMAGE_PREPROCESSING),
-            "image_reference": "mmzoo.data.images.load_image",
+            "image_reference": "mmzoo.data.images.prepare_image",
             "text": tokenizer_card,
         },
         "ops": list_ops(content),
