@@ -206,6 +206,9 @@ def test_a_folder_with_undecodable_bytes_is_not_a_bad_row(tmp_path):
     folder.mkdir()
     report = check_manifest(write_manifest(str(folder), ROWS[:3]))
     assert report.problems == [] and len(report.good) == 3
+    # The summary names the path in escapes, so it prints to any stdout.
+    assert "caf\\xe9" in report.summary()
+    report.summary().encode("utf-8")
 
 
 def test_jsonl_values_of_the_wrong_type_say_the_type(tmp_path):

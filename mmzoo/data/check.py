@@ -3,7 +3,8 @@
 Every row is checked in three stages, cheapest first:
 
 1. its own fields (`mmzoo.data.manifest.row_problems`): a missing column,
-   empty or non-UTF-8 text, a label outside the vocabulary;
+   empty text, non-UTF-8 text, label or image path, a label outside the
+   vocabulary;
 2. its image's header and trailer, read in Python without decoding, by
    the guard every image entry point applies (`mmzoo.data.images`'
    `check_image` rules: `inspect_image` and `header_problem`): missing
@@ -43,6 +44,7 @@ from mmzoo.data.manifest import REASONS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import Manifest
 from mmzoo.data.manifest import Problem
+from mmzoo.data.manifest import printable
 from mmzoo.data.manifest import row_problems
 from mmzoo.data.sources import read_manifest
 
@@ -100,7 +102,8 @@ class DataReport:
 
     def summary(self):
         """One line: rows, bad rows and the count per reason."""
-        text = (
+        # `printable`: a path of undecodable bytes prints as \xNN escapes.
+        text = printable(
             f"{self.source}: {self.num_rows:,} rows, {len(self.good):,} good, "
             f"{self.num_bad:,} bad ({100 * self.bad_fraction:.2f}%)"
         )
@@ -116,13 +119,13 @@ class DataReport:
             raise DataError(
                 f"{self.summary()}, more than the {100 * max_bad_fraction:g}% "
                 f"allowed (`max_bad_fraction`).{self._examples()}\n"
-                f"Run `mmzoo data check {self.source}` for the full list."
+                f"Run `mmzoo data check {printable(self.source)}` for the full list."
             )
         if self.num_bad:
             logger.warning(
                 "Skipping bad rows. %s. Run `mmzoo data check %s` for the list.",
                 self.summary(),
-                self.source,
+                printable(self.source),
             )
 
     def _examples(self, limit=5):

@@ -1,10 +1,10 @@
-"""Fuzz the serving graph's image path: `mmzoo.data.images.check_encoded_image`
-followed by `load_image`, as the exported SavedModel runs them on the bytes
-TF Serving receives.
+"""Fuzz the serving graph's image path: `mmzoo.data.images.load_images`
+(the header check `check_encoded_images`, then `load_image` on each file), as
+the exported SavedModel runs it on the bytes TF Serving receives.
 
 On arbitrary bytes it must return a (32, 32, 3) uint8 image or raise
-`tf.errors.InvalidArgumentError`; a crash, any other error, a hang
-(`-timeout`) or runaway memory (`-rss_limit_mb`) is a finding. The graph
+`tf.errors.InvalidArgumentError` naming `image_bytes[0]`; a crash, any other
+error, a hang (`-timeout`) or runaway memory (`-rss_limit_mb`) is a finding. The graph
 runs in TensorFlow's C++, which atheris cannot instrument; the Python header
 parser (`inspect_image`) is run on each input too, instrumented, so the
 fuzzer still follows header shapes it has not seen. See README.md here.
@@ -32,8 +32,7 @@ SIZE = 32
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
 def serve(contents):
-    checked = images.check_encoded_image(contents, 0, MAX_PIXELS)
-    return images.load_image(checked, SIZE)
+    return images.load_images(contents[tf.newaxis], SIZE, max_pixels=MAX_PIXELS)[0]
 
 
 def TestOneInput(data):
@@ -41,7 +40,8 @@ def TestOneInput(data):
     images.inspect_image(data)
     try:
         pixels = serve(tf.constant(data))
-    except tf.errors.InvalidArgumentError:
+    except tf.errors.InvalidArgumentError as error:
+        assert "image_bytes[0] " in error.message, error.message
         return
     assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == tf.uint8, pixels
 
