@@ -6,6 +6,7 @@ import doctest
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -521,6 +522,12 @@ def test_docstring_examples_run():
     results = doctest.testmod(losses, raise_on_error=False, verbose=False)
     assert results.attempted >= 2
     assert results.failed == 0
+    for name, cls in losses.LOSSES.items():
+        example = re.search(r"```python\n(.*?)```", cls.__doc__, re.S)
+        namespace = {"keras": keras, "math": math, **vars(losses)}
+        *setup, last = textwrap.dedent(example.group(1)).strip().splitlines()
+        exec("\n".join(setup), namespace)
+        assert np.isfinite(float(eval(last, namespace))), name
 
 
 # === JAX ===
