@@ -5,9 +5,12 @@ __version__ = "0.1.0"
 # Imported for its side effect too: every registered fusion layer is then
 # known to Keras' deserializer, for `keras.saving.load_model` as well.
 from mmzoo import fusion  # noqa: F401
+from mmzoo import losses  # noqa: F401
 from mmzoo.builder import MultimodalModel
 from mmzoo.builder import build_model
 from mmzoo.builder import with_modality_weights
+from mmzoo.dual_encoder import DualEncoder
+from mmzoo.dual_encoder import build_dual_encoder
 from mmzoo.registry import list_fusions
 from mmzoo.registry import list_image_towers
 from mmzoo.registry import list_models
@@ -18,7 +21,9 @@ from mmzoo.tasks import get_task
 
 __all__ = [
     "__version__",
+    "DualEncoder",
     "MultimodalModel",
+    "build_dual_encoder",
     "build_model",
     "get_task",
     "list_fusions",

@@ -444,8 +444,8 @@ def _image_features(config, fusion, pooling, image):
 def _text_features(context, fusion, spec, text):
     """The text's features for the fusion, and their padding mask (or None)."""
     builder = registry.resolve(spec.build)
-    with _in_build_terms(spec.arguments):
-        tower = builder(**_arguments(spec.arguments, context))
+    with in_build_terms(spec.arguments):
+        tower = builder(**arguments_for(spec.arguments, context))
     outputs = tower(text)
     if not fusion.text_sequence:
         return outputs["pooled"], None
@@ -459,13 +459,13 @@ def _text_features(context, fusion, spec, text):
     return outputs["sequence"], PaddingMask(name="text_mask")(text)
 
 
-def _arguments(mapping, context):
+def arguments_for(mapping, context):
     """A component's keyword arguments, from a spec's `arguments` mapping."""
     return {argument: context[key] for argument, key in mapping.items()}
 
 
 @contextlib.contextmanager
-def _in_build_terms(mapping):
+def in_build_terms(mapping):
     """Re-raise a component's ValueError naming `build_model`'s arguments.
 
     A fusion layer checks `combine`, which the user passed as
@@ -500,8 +500,8 @@ def _fusion_layer(fusion, context):
     if fusion.layer is None:
         return None
     layer_class = registry.resolve(fusion.layer)
-    with _in_build_terms(fusion.arguments):
-        return layer_class(**_arguments(fusion.arguments, context), name="fusion")
+    with in_build_terms(fusion.arguments):
+        return layer_class(**arguments_for(fusion.arguments, context), name="fusion")
 
 
 def _fuse(layer, features, masks):

@@ -1,0 +1,302 @@
+"""Dual encoders: towers into one shared space, trained in plain Keras."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import mmzoo
+from mmzoo import registry
+from mmzoo.dual_encoder import CLIP_LOGIT_SCALE
+from mmzoo.dual_encoder import SIGLIP_LOGIT_BIAS
+from mmzoo.dual_encoder import SIGLIP_LOGIT_SCALE
+from mmzoo.dual_encoder import DualEncoder
+from mmzoo.dual_encoder import build_dual_encoder
+
+SIZES = {
+    "image_size": 32,
+    "max_tokens": 8,
+    "vocab_size": 40,
+    "embedding_dim": 16,
+    "text_units": 16,
+    "text_heads": 2,
+    "text_layers": 1,
+    "image_filters": (8, 16),
+    "embed_dim": 16,
+}
+CONCEPTS = 8
+
+
+def paired_batch(batch=32, seed=0):
+    """Images and token rows that share a concept: each concept has its own
+    colour and its own two words, so matching pairs can be learnt."""
+    rng = np.random.default_rng(seed)
+    concepts = rng.integers(0, CONCEPTS, batch)
+    palette = np.random.default_rng(99).uniform(0, 255, (CONCEPTS, 3))
+    image = palette[concepts][:, None, None, :] + rng.normal(0, 8, (batch, 32, 32, 3))
+    tokens = np.zeros((batch, 8), "int32")
+    tokens[:, 0] = 2 + 2 * concepts
+    tokens[:, 1] = 3 + 2 * concepts
+    tokens[:, 2] = rng.integers(2 + 2 * CONCEPTS, 40, batch)  # a noise word
+    return {
+        "image": np.clip(image, 0, 255).astype("float32"),
+        "tokens": tokens,
+    }, concepts
+
+
+def in_batch_accuracy(model, inputs):
+    """How often each image's most similar text is its own."""
+    out = model.predict(inputs, verbose=0)
+    similarity = out["image_embedding"] @ out["text_embedding"].T
+    return float(np.mean(np.argmax(similarity, axis=1) == np.arange(len(similarity))))
+
+
+def test_outputs_are_unit_float32_embeddings():
+    model = build_dual_encoder(**SIZES)
+    assert isinstance(model, DualEncoder)
+    assert sorted(model.input) == ["image", "tokens"]
+    assert sorted(model.output) == ["image_embedding", "text_embedding"]
+    inputs, _ = paired_batch(4)
+    out = model.predict(inputs, verbose=0)
+    for name in ("image_embedding", "text_embedding"):
+        assert out[name].shape == (4, 16) and out[name].dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(out[name], axis=1), 1, atol=1e-5)
+    # The halves are models of their own over the same weights.
+    image = model.image_encoder.predict(inputs["image"], verbose=0)
+    text = model.text_encoder.predict(inputs["tokens"], verbose=0)
+    np.testing.assert_allclose(image, out["image_embedding"], atol=1e-6)
+    np.testing.assert_allclose(text, out["text_embedding"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "loss, scale, bias",
+    [
+        ("clip", CLIP_LOGIT_SCALE, None),
+        ("siglip", SIGLIP_LOGIT_SCALE, SIGLIP_LOGIT_BIAS),
+        ("margin", None, None),
+    ],
+)
+def test_the_temperature_layer_holds_what_the_loss_needs(loss, scale, bias):
+    model = build_dual_encoder(loss=loss, **SIZES)
+    temperature = model.temperature
+    for weight, expected in (
+        (temperature.logit_scale, scale),
+        (temperature.logit_bias, bias),
+    ):
+        if expected is None:
+            assert weight is None
+        else:
+            assert float(keras.ops.convert_to_numpy(weight)) == pytest.approx(expected)
+            assert weight.dtype == "float32" and weight.trainable
+    assert CLIP_LOGIT_SCALE == pytest.approx(np.log(1 / 0.07))
+    assert SIGLIP_LOGIT_SCALE == pytest.approx(np.log(10)) and SIGLIP_LOGIT_BIAS == -10
+    fixed = build_dual_encoder(loss=loss, learn_temperature=False, **SIZES)
+    assert all(not w.trainable for w in fixed.temperature.weights)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_plain_keras_fit_learns_the_pairs(loss):
+    keras.utils.set_random_seed(0)
+    model = build_dual_encoder(loss=loss, learning_rate=3e-3, **SIZES)
+    inputs, concepts = paired_batch(1024)
+    test, test_concepts = paired_batch(32, seed=1)
+    # A batch of distinct concepts: each image has one right text.
+    _, first = np.unique(test_concepts, return_index=True)
+    test = {key: value[first] for key, value in test.items()}
+    before = in_batch_accuracy(model, test)
+    # Rows of one concept show "the same" image and text: ids say so. 256
+    # steps: inference needs BatchNorm's moving statistics to have settled.
+    ids = {"image_ids": concepts, "text_ids": concepts}
+    history = model.fit(inputs, ids, batch_size=32, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.2 * losses[0], losses
+    after = in_batch_accuracy(model, test)
+    assert after >= 0.625 and after > before, (before, after)  # chance: 1/8
+    # evaluate reports the same loss the model computes on the batch.
+    evaluated = model.evaluate(test, verbose=0, return_dict=True)["loss"]
+    out = model(test, training=False)
+    direct = model.compute_loss(test, None, out, training=False)
+    assert evaluated == pytest.approx(float(direct), rel=1e-4)
+
+
+def test_ids_mark_rows_of_the_same_item_as_not_negatives():
+    # The same pair twice in a batch: with ids, the copy is not a negative,
+    # so the loss is lower than when it is pushed away from itself.
+    model = build_dual_encoder(**SIZES)
+    inputs, _ = paired_batch(4)
+    inputs = {key: np.concatenate([value, value[:1]]) for key, value in inputs.items()}
+    out = model(inputs, training=False)
+    plain = float(model.compute_loss(inputs, None, out))
+    ids = {
+        "image_ids": np.array([0, 1, 2, 3, 0]),
+        "text_ids": np.array([0, 1, 2, 3, 0]),
+    }
+    masked = float(model.compute_loss(inputs, ids, out))
+    assert masked < plain
+    # And fit takes them as targets.
+    history = model.fit(inputs, ids, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_loss_given_to_compile_replaces_the_models():
+    from mmzoo.losses import MarginLoss
+
+    model = build_dual_encoder(**SIZES)
+    model.compile(optimizer="adam", loss=MarginLoss(margin=0.3))
+    assert isinstance(model.contrastive_loss, MarginLoss)
+    inputs, _ = paired_batch(8)
+    assert np.isfinite(model.fit(inputs, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_keras_round_trip_keeps_outputs_loss_and_recipe(tmp_path):
+    model = build_dual_encoder(
+        loss="triplet", loss_arguments={"margin": 0.3}, projection="mlp", **SIZES
+    )
+    inputs, _ = paired_batch(4)
+    model.fit(inputs, epochs=1, verbose=0)
+    path = str(tmp_path / "dual.keras")
+    model.save(path)
+    restored = mmzoo.load_model(path)  # safe mode, mmzoo's own checks first
+    assert isinstance(restored, DualEncoder)
+    assert restored.build_arguments == model.build_arguments
+    assert type(restored.contrastive_loss) is type(model.contrastive_loss)
+    assert restored.contrastive_loss.get_config() == model.contrastive_loss.get_config()
+    expected = model.predict(inputs, verbose=0)
+    for key, value in restored.predict(inputs, verbose=0).items():
+        np.testing.assert_allclose(value, expected[key], atol=1e-6)
+    # It trains on after loading.
+    assert np.isfinite(restored.fit(inputs, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_locked_image_tuned_text():
+    # LiT: the image tower (and so its embedding's input) stays as it was.
+    model = build_dual_encoder(freeze_image_tower=True, **SIZES)
+    tower = model.get_layer("image_tower")
+    before = [w.numpy().copy() for w in tower.weights]
+    text_before = [w.numpy().copy() for w in model.get_layer("text_tower").weights]
+    inputs, _ = paired_batch(16)
+    model.fit(inputs, epochs=2, verbose=0)
+    for old, new in zip(before, tower.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+    changed = [
+        not np.array_equal(old, new.numpy())
+        for old, new in zip(
+            text_before, model.get_layer("text_tower").weights, strict=True
+        )
+    ]
+    assert any(changed)
+
+
+def test_share_projection():
+    shared = build_dual_encoder(share_projection=True, **{**SIZES, "embedding_dim": 16})
+    names = [layer.name for layer in shared.layers]
+    assert "projection" in names and "image_projection" not in names
+    separate = build_dual_encoder(**SIZES)
+    separate_names = {layer.name for layer in separate.layers}
+    assert {"image_projection", "text_projection"} <= separate_names
+    message = "same width. Received: image features of width 16, text features"
+    with pytest.raises(ValueError, match=message + " of width 12"):
+        build_dual_encoder(share_projection=True, **{**SIZES, "embedding_dim": 12})
+
+
+@pytest.mark.parametrize(
+    "text_tower",
+    [name for name, spec in registry.TEXT_TOWERS.items() if spec.portable],
+)
+def test_every_portable_text_tower(text_tower):
+    model = build_dual_encoder(text_tower=text_tower, **SIZES)
+    inputs, _ = paired_batch(8)
+    history = model.fit(inputs, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_bert_tower_from_a_local_preset(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=40,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
+    backbone.save_to_preset(str(tmp_path / "bert"))
+    model = build_dual_encoder(
+        text_tower="bert", text_preset=str(tmp_path / "bert"), **SIZES
+    )
+    inputs, _ = paired_batch(8)
+    assert np.isfinite(model.fit(inputs, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_mixed_precision_keeps_float32_embeddings():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_dual_encoder(**SIZES)
+        inputs, _ = paired_batch(8)
+        out = model.predict(inputs, verbose=0)
+        assert out["image_embedding"].dtype == np.float32
+        assert np.isfinite(model.fit(inputs, epochs=1, verbose=0).history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_arguments_are_checked():
+    with pytest.raises(TypeError, match="embed_dimension"):
+        build_dual_encoder(embed_dimension=3)
+    with pytest.raises(ValueError, match="`embed_dim` must be a positive integer"):
+        build_dual_encoder(embed_dim=0)
+    with pytest.raises(ValueError, match="`projection` must be one of"):
+        build_dual_encoder(projection="deep")
+    with pytest.raises(ValueError, match="clp"):
+        build_dual_encoder(loss="clp")
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_dual_encoder import SIZES, paired_batch
+    from mmzoo.dual_encoder import build_dual_encoder
+    import keras
+    model = build_dual_encoder(loss="siglip", **SIZES)  # no TF seeding here
+    inputs, _ = paired_batch(16)
+    history = model.fit(inputs, epochs=2, verbose=0)
+    tensorflow = "tensorflow" in sys.modules  # (saving imports it for files)
+    model.save({path!r})
+    print(json.dumps({{
+        "backend": keras.backend.backend(),
+        "tensorflow": tensorflow,
+        "loss": history.history["loss"],
+        "image_embedding": model.predict(inputs, verbose=0)["image_embedding"].tolist(),
+    }}))
+    """
+)
+
+
+def test_jax_backend_trains_and_the_file_loads_on_tensorflow(tmp_path):
+    path = str(tmp_path / "jax.keras")
+    script = JAX_SCRIPT.format(tests=os.path.dirname(__file__), path=path)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["tensorflow"] is False
+    assert np.all(np.isfinite(report["loss"]))
+    restored = mmzoo.load_model(path)
+    inputs, _ = paired_batch(16)
+    np.testing.assert_allclose(
+        restored.predict(inputs, verbose=0)["image_embedding"],
+        report["image_embedding"],
+        atol=1e-4,
+    )
