@@ -435,3 +435,25 @@ def test_deep_cca_beats_linear_cca_on_held_out_digits(digits):
     assert linear == pytest.approx(3.35, abs=0.01)
     assert deep > linear + 0.5
     assert deep < deep_train <= 5
+
+
+def test_the_committed_benchmark_results_render_and_rank():
+    """benchmarks/results/cca-digits: Deep CCA above linear CCA on every seed."""
+    from benchmarks.cca_digits import markdown
+
+    folder = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "benchmarks",
+        "results",
+        "cca-digits",
+    )
+    with open(os.path.join(folder, "results.json")) as file:
+        results = json.load(file)
+    assert results["k"] == 10
+    linear = results["linear_cca"]["chosen"]["held_out"]
+    assert results["deep_cca"]["held_out_min"] > linear
+    assert results["sklearn_cca"]["held_out"] <= linear
+    text = markdown(results)
+    assert "| Deep CCA (`DeepCCALoss`), median of 5 seeds |" in text
+    with open(os.path.join(folder, "results.md")) as file:
+        assert file.read() == text
