@@ -25,10 +25,13 @@ How it is computed, in float32 whatever the inputs' dtype:
   given to Keras with `keras.ops.custom_gradient`, not automatic
   differentiation through the decompositions. Differentiating `eigh` divides
   by differences of eigenvalues, and the eigenvalues of `S11` are equal
-  (all `r1`) in every direction a batch does not span, so a batch with fewer
-  rows than features, or a layer with dead units, gives an infinite or NaN
-  gradient. The closed form needs only `S^-1/2` and the top-k singular
-  vectors `U_k`, `V_k` of `T`:
+  (all `r1`) in every direction a batch does not span: with a batch of
+  fewer rows than features, or a dead unit, JAX's `eigh` gradient is NaN
+  (seen with JAX 0.10); TensorFlow's, which zeroes the terms of exact ties,
+  stayed finite there, but divides by near ties. (Gradients through
+  the singular values alone, `keras.ops.svd` or `eigh` of `T'T`, were fine
+  on both backends, even at repeated values.) The closed form needs only
+  `S^-1/2` and the top-k singular vectors `U_k`, `V_k` of `T`:
 
       D12 = S11^-1/2 U_k V_k' S22^-1/2
       D11 = -1/2 S11^-1/2 U_k diag(s_k) U_k' S11^-1/2   (D22 likewise with V)
