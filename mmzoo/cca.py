@@ -236,6 +236,8 @@ class DeepCCALoss:
     name = "dcca"
     needs_scale = False
     needs_bias = False
+    # A dual encoder leaves its embeddings as the projections give them.
+    normalized_embeddings = False
 
     def __init__(self, k=None, r1=1e-3, r2=1e-3, epsilon=1e-9):
         _check_hyperparameters(k, r1, r2, epsilon)

@@ -132,15 +132,16 @@ class DualEncoder(keras.Model):
     `build_dual_encoder` returns one. Its inputs are `build_model`'s
     (`image`, and `tokens` or `text`); its output is the dict
     `{"image_embedding": (batch, embed_dim), "text_embedding": (batch,
-    embed_dim)}`, L2-normalised and float32 under any precision policy.
-    `image_encoder` and `text_encoder` are the halves as models of their
-    own (sharing the weights), for indexing one modality.
+    embed_dim)}`, L2-normalised (except for Deep CCA, which whitens each
+    view itself) and float32 under any precision policy. `image_encoder`
+    and `text_encoder` are the halves as models of their own (sharing the
+    weights), for indexing one modality.
 
     Training: `compute_loss` applies the model's contrastive loss to the two
     embeddings of the batch, with the weights of its `temperature` (a
-    `Temperature` layer). `y`
-    is optional; a dict `{"image_ids": (batch,), "text_ids": (batch,)}`
-    marks rows showing the same image or text (see `mmzoo.losses`). A loss
+    `Temperature` layer). `y` is optional; a dict `{"image_ids": (batch,),
+    "text_ids": (batch,)}` marks rows showing the same image or text (see
+    `mmzoo.losses`). A loss
     of `mmzoo.losses.LOSSES` given to `compile` replaces the model's own
     (and is saved with the compile configuration); a loss that needs a
     scale the model was not built with uses its own `temperature`.
@@ -239,8 +240,9 @@ def build_dual_encoder(**arguments):
         share_projection: one projection for both towers (their features
             must then have the same width); default one each.
         loss: a name of `mmzoo.losses.LOSSES` (`"clip"`, `"soft_clip"`,
-            `"siglip"`, `"margin"`, `"triplet"`, `"alignment"`, `"dcca"`)
-            or a loss object. Default `"clip"`.
+            `"siglip"`, `"margin"`, `"triplet"`, `"alignment"`, `"dcca"`:
+            Deep CCA, `mmzoo.cca.DeepCCALoss`, whose embeddings are not
+            normalised) or a loss object. Default `"clip"`.
         loss_arguments: keyword arguments for a loss given by name, e.g.
             `{"margin": 0.5}`.
         logit_scale: the temperature's initial log scale. Default: log(1/0.07)
@@ -265,7 +267,7 @@ def build_dual_encoder(**arguments):
     >>> model.fit(x, epochs=1)  # x = {"image": ..., "tokens": ...}
     """
     config = _resolve(arguments)
-    _make_loss(config)  # an unknown loss fails before anything is built
+    loss = _make_loss(config)  # an unknown loss fails before anything is built
     text_spec = registry.text_tower(config["text_tower"])
     context = {
         **config,
@@ -314,8 +316,13 @@ def build_dual_encoder(**arguments):
     else:
         image_projection = _projection(config, "image_projection")
         text_projection = _projection(config, "text_projection")
-    image_embedding = _normalized(image_projection(image_features), "image_embedding")
-    text_embedding = _normalized(text_projection(text_features), "text_embedding")
+    normalize = getattr(loss, "normalized_embeddings", True)
+    image_embedding = _embedding(
+        image_projection(image_features), "image_embedding", normalize
+    )
+    text_embedding = _embedding(
+        text_projection(text_features), "text_embedding", normalize
+    )
     outputs = {"image_embedding": image_embedding, "text_embedding": text_embedding}
 
     # === Model ===
@@ -405,6 +412,11 @@ def _projection(config, name):
     )
 
 
-def _normalized(features, name):
+def _embedding(features, name, normalize):
     # float32: cosine similarities of float16 vectors lose the ranking.
-    return keras.layers.UnitNormalization(axis=-1, name=name, dtype="float32")(features)
+    if normalize:
+        layer = keras.layers.UnitNormalization(axis=-1, name=name, dtype="float32")
+    else:
+        # Deep CCA whitens each view itself: the embedding stays as it is.
+        layer = keras.layers.Activation("linear", name=name, dtype="float32")
+    return layer(features)

@@ -51,6 +51,7 @@ import types
 import keras
 from keras import ops
 
+from mmzoo.cca import DeepCCALoss
 from mmzoo.checks import check_choice
 
 # open_clip clamps the learned logit scale at log(100): beyond that, training
@@ -79,6 +80,8 @@ class ContrastiveLoss:
     name = None
     needs_scale = False
     needs_bias = False
+    # A dual encoder L2-normalises its embeddings for these losses.
+    normalized_embeddings = True
 
     def __call__(
         self,
@@ -545,8 +548,8 @@ class AlignmentLoss(ContrastiveLoss):
         return {"mode": self.mode, "temperature": self.temperature}
 
 
-# The registry. mmzoo.cca's Deep CCA loss joins it as "dcca" (the same calling
-# convention and class attributes): add its class to this tuple.
+# The registry. mmzoo.cca's Deep CCA loss has the same calling convention and
+# class attributes, so a dual encoder trains with it like the others.
 _LOSS_CLASSES = (
     ClipLoss,
     SoftClipLoss,
@@ -554,6 +557,7 @@ _LOSS_CLASSES = (
     MarginLoss,
     TripletLoss,
     AlignmentLoss,
+    DeepCCALoss,
 )
 LOSSES = types.MappingProxyType({cls.name: cls for cls in _LOSS_CLASSES})
 
@@ -563,8 +567,8 @@ def get_loss(name_or_instance, **kwargs):
 
     Args:
         name_or_instance: a name in `LOSSES` (`"clip"`, `"soft_clip"`,
-            `"siglip"`, `"margin"`, `"triplet"`, `"alignment"`), or a loss
-            instance, returned unchanged.
+            `"siglip"`, `"margin"`, `"triplet"`, `"alignment"`, `"dcca"`),
+            or a loss instance, returned unchanged.
         **kwargs: the named loss's constructor arguments.
 
     Returns:
@@ -579,7 +583,7 @@ def get_loss(name_or_instance, **kwargs):
     >>> get_loss("triplet", mining="semi_hard")
     TripletLoss(margin=0.2, mining='semi_hard', distance='cosine')
     """
-    if isinstance(name_or_instance, ContrastiveLoss):
+    if isinstance(name_or_instance, _LOSS_CLASSES):
         if kwargs:
             raise ValueError(
                 "Options apply to a loss given by name, not to an instance. "

@@ -523,6 +523,8 @@ def test_docstring_examples_run():
     assert results.attempted >= 2
     assert results.failed == 0
     for name, cls in losses.LOSSES.items():
+        if not issubclass(cls, losses.ContrastiveLoss):
+            continue  # Deep CCA (mmzoo.cca) is tests/test_cca.py's
         example = re.search(r"```python\n(.*?)```", cls.__doc__, re.S)
         namespace = {"keras": keras, "math": math, **vars(losses)}
         *setup, last = textwrap.dedent(example.group(1)).strip().splitlines()

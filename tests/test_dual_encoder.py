@@ -79,6 +79,7 @@ def test_outputs_are_unit_float32_embeddings():
         ("clip", CLIP_LOGIT_SCALE, None),
         ("siglip", SIGLIP_LOGIT_SCALE, SIGLIP_LOGIT_BIAS),
         ("margin", None, None),
+        ("dcca", None, None),
     ],
 )
 def test_the_temperature_layer_holds_what_the_loss_needs(loss, scale, bias):
@@ -141,6 +142,17 @@ def test_ids_mark_rows_of_the_same_item_as_not_negatives():
     # And fit takes them as targets.
     history = model.fit(inputs, ids, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_deep_cca_trains_on_unnormalised_embeddings():
+    model = build_dual_encoder(loss="dcca", loss_arguments={"k": 4}, **SIZES)
+    inputs, _ = paired_batch(64)
+    out = model.predict(inputs, verbose=0)
+    assert not np.allclose(np.linalg.norm(out["image_embedding"], axis=1), 1)
+    history = model.fit(inputs, batch_size=64, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert -4 <= losses[-1] < 0  # minus the sum of the top 4 correlations
 
 
 def test_a_loss_given_to_compile_replaces_the_models():
