@@ -66,6 +66,7 @@ DEFAULTS = {
     "logit_scale": None,
     "logit_bias": None,
     "learn_temperature": True,
+    "gather_negatives": True,
     "compile": True,
     "learning_rate": 1e-3,
     "name": None,
@@ -199,21 +200,34 @@ class DualEncoder(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        temperature = self.temperature
         ids = y if isinstance(y, dict) else {}
-        loss = self.contrastive_loss(
+        pair = [
             y_pred["image_embedding"],
             y_pred["text_embedding"],
-            logit_scale=temperature.logit_scale,
-            logit_bias=temperature.logit_bias,
-            image_ids=ids.get("image_ids"),
-            text_ids=ids.get("text_ids"),
+            ids.get("image_ids"),
+            ids.get("text_ids"),
+        ]
+        replicas = _replicas()
+        if replicas > 1 and self._build_arguments.get("gather_negatives", True):
+            # Every replica sees the global batch: its pairs and the other
+            # replicas' as negatives (open_clip's gather_with_grad).
+            pair = [None if value is None else _gather(value) for value in pair]
+        image, text, image_ids, text_ids = pair
+        loss = self.contrastive_loss(
+            image,
+            text,
+            logit_scale=self.temperature.logit_scale,
+            logit_bias=self.temperature.logit_bias,
+            image_ids=image_ids,
+            text_ids=text_ids,
         )
         if self.losses:
             loss = loss + keras.ops.sum(
                 keras.ops.stack([keras.ops.cast(x, "float32") for x in self.losses])
             )
-        return loss
+        # What Keras' own losses do under tf.distribute: the replicas'
+        # gradients are summed, so each contributes 1/replicas of the loss.
+        return loss / replicas
 
     def get_config(self):
         return {**super().get_config(), "build_arguments": self.build_arguments}
@@ -250,6 +264,10 @@ def build_dual_encoder(**arguments):
         logit_bias: the initial bias of the losses that take one (SigLIP:
             -10 by default).
         learn_temperature: learn the scale and bias (default) or keep them.
+        gather_negatives: under a tf.distribute strategy, gather every
+            replica's embeddings (with their gradients) so that the loss
+            sees the global batch, as on one device (default); `False`:
+            each replica's loss sees its own batch only.
         compile: compile with Adam at `learning_rate`.
         learning_rate: Adam's learning rate when compiling. Default 1e-3.
         name: the model's name. Default `"<image>_<text>_dual_encoder"`.
@@ -420,3 +438,26 @@ def _embedding(features, name, normalize):
         # Deep CCA whitens each view itself: the embedding stays as it is.
         layer = keras.layers.Activation("linear", name=name, dtype="float32")
     return layer(features)
+
+
+def _replicas():
+    """The replicas computing this step together (1 outside tf.distribute)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _gather(value):
+    """`value` of every replica, in replica order, along the batch axis.
+
+    TensorFlow's `all_gather` is differentiable (its gradient sums the
+    replicas' gradients and hands each replica its own rows), so every
+    replica's loss over the global batch sends gradients to every
+    replica's towers; replicas may hold batches of different sizes.
+    """
+    import tensorflow as tf
+
+    return tf.distribute.get_replica_context().all_gather(value, axis=0)

@@ -447,3 +447,99 @@ def test_loss_objects_lose_their_reduction_and_keep_from_logits():
         [2 / 3],
     )
     assert _per_example("mean_squared_error")[1] is None
+
+
+# === Dual encoders: negatives from every worker ===
+
+DUAL_WORKER = """
+import json
+import sys
+
+import numpy as np
+
+from mmzoo.training.distributed import custom_fit
+from mmzoo.training.distributed import make_strategy
+
+strategy = make_strategy("multiworker")
+
+import keras
+import tensorflow as tf
+
+from dual import ROWS, build, pairs
+
+out = sys.argv[2]
+keras.utils.set_random_seed(5)
+with strategy.scope():
+    model = build()
+np.savez(out + "_initial.npz", *model.get_weights())  # the temperature too
+inputs = pairs()
+
+def dataset_fn(context):
+    # Each worker reads its half of the rows: one step of the global batch.
+    data = tf.data.Dataset.from_tensor_slices(inputs)
+    data = data.shard(context.num_input_pipelines, context.input_pipeline_id)
+    return data.batch(context.get_per_replica_batch_size(ROWS)).map(
+        lambda x: (x, tf.zeros([tf.shape(x["image"])[0]])))
+
+history = custom_fit(model, strategy, dataset_fn, epochs=1, global_batch_size=ROWS)
+np.savez(out + "_final.npz", *model.get_weights())
+with open(out + ".json", "w") as file:
+    json.dump({"history": history, "replicas": strategy.num_replicas_in_sync}, file)
+"""
+
+DUAL = """
+import keras
+import numpy as np
+
+import mmzoo
+
+ROWS = 8
+arguments = dict(image_tower="small_cnn", text_tower="bow", image_size=32,
+                 max_tokens=8, vocab_size=30, embedding_dim=8, image_filters=(4, 8),
+                 embed_dim=8, loss="siglip", freeze_image_tower=True, compile=False)
+
+def build():
+    model = mmzoo.build_dual_encoder(**arguments)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    return model
+
+def pairs():
+    rng = np.random.default_rng(0)
+    return {"image": rng.uniform(0, 255, (ROWS, 32, 32, 3)).astype("float32"),
+            "tokens": rng.integers(1, 30, (ROWS, 8)).astype("int32")}
+"""
+
+
+def test_two_workers_train_a_dual_encoder_on_the_global_batch(tmp_path):
+    (tmp_path / "dual.py").write_text(DUAL)
+    script = _script(tmp_path, "dual_worker.py", DUAL_WORKER)
+    outputs = _launch_workers(tmp_path, script, "unused")
+    for index, (code, _, err) in enumerate(outputs):
+        assert code == 0, f"worker {index} failed ({code}):\n{err[-4000:]}"
+
+    # The same step on one device, from the same weights, on all the rows.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dual", tmp_path / "dual.py")
+    dual = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dual)
+    model = dual.build()
+    initial = _weights(tmp_path / "worker0_initial.npz")
+    model.set_weights(initial)
+    history = model.fit(dual.pairs(), batch_size=dual.ROWS, epochs=1, verbose=0)
+    expected = model.get_weights()
+
+    records = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in (0, 1)]
+    assert records[0]["replicas"] == 2
+    for record in records:
+        assert record["history"]["loss"][0] == pytest.approx(
+            history.history["loss"][0], abs=1e-5
+        )
+    for index in (0, 1):
+        final = _weights(tmp_path / f"worker{index}_final.npz")
+        assert len(final) == len(expected)
+        changed = 0
+        for got, want, before in zip(final, expected, initial, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+            changed += not np.array_equal(got, before)
+        assert changed > 0

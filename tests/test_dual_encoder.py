@@ -312,3 +312,115 @@ def test_jax_backend_trains_and_the_file_loads_on_tensorflow(tmp_path):
         report["image_embedding"],
         atol=1e-4,
     )
+
+
+# === Negatives from every replica ===
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import keras
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_dual_encoder import SIZES, paired_batch
+    from mmzoo.dual_encoder import build_dual_encoder
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # 7 rows: the replicas get 4 and 3. Rows 0 and 5 show one image, and
+    # the text ids mark a repeated caption.
+    inputs, _ = paired_batch(7)
+    ids = {{"image_ids": np.array([0, 1, 2, 3, 4, 0, 6]),
+            "text_ids": np.array([0, 1, 2, 1, 4, 5, 6])}}
+    results = {{}}
+    for loss, gather in [("clip", True), ("siglip", True), ("triplet", True),
+                         ("clip", False)]:
+        arguments = dict(loss=loss, gather_negatives=gather, **SIZES)
+        keras.utils.set_random_seed(0)
+        single = build_dual_encoder(**arguments)
+        with strategy.scope():
+            mirrored = build_dual_encoder(**arguments)
+        mirrored.set_weights(single.get_weights())
+
+        def loss_and_gradients(model, x, y):
+            with tf.GradientTape() as tape:
+                value = model.compute_loss(x, y, model(x, training=False))
+            variables = model.trainable_variables  # the temperature's too
+            gradients = tape.gradient(value, variables)
+            return value, [tf.convert_to_tensor(g) for g in gradients]
+
+        value, gradients = loss_and_gradients(single, inputs, ids)
+        dataset = tf.data.Dataset.from_tensors((inputs, ids))
+        (x, y), = strategy.experimental_distribute_dataset(dataset)
+        values, grads = strategy.run(
+            lambda x, y: loss_and_gradients(mirrored, x, y), (x, y))
+        total = strategy.reduce("SUM", values, axis=None)
+        grads = [strategy.reduce("SUM", g, axis=None) for g in grads]
+        results[f"{{loss}}_{{gather}}"] = {{
+            "single": float(value),
+            "mirrored": float(total),
+            "gradient_error": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(gradients, grads)),
+            "gradient_size": max(float(np.max(np.abs(a))) for a in gradients),
+        }}
+
+    # Keras fit, one SGD step on the global batch, the image tower locked
+    # (its BatchNorm then normalises with its moving statistics, as on one
+    # device): the same weights after it.
+    arguments = dict(loss="clip", freeze_image_tower=True, compile=False, **SIZES)
+    keras.utils.set_random_seed(1)
+    single = build_dual_encoder(**arguments)
+    single.compile(optimizer=keras.optimizers.SGD(0.5))
+    with strategy.scope():
+        mirrored = build_dual_encoder(**arguments)
+        mirrored.compile(optimizer=keras.optimizers.SGD(0.5))
+    mirrored.set_weights(single.get_weights())
+    # 8 rows, 4 per replica (Keras' first distributed step averages the
+    # replicas' batches to build the model, which needs equal shapes).
+    inputs, _ = paired_batch(8)
+    ids = {{"image_ids": np.array([0, 1, 2, 3, 4, 0, 6, 7]),
+            "text_ids": np.array([0, 1, 2, 1, 4, 5, 6, 7])}}
+    fit = [
+        model.fit(inputs, ids, batch_size=8, epochs=1, shuffle=False,
+                  verbose=0).history["loss"][0]
+        for model in (single, mirrored)
+    ]
+    results["fit"] = {{
+        "loss": fit,
+        "weight_error": max(float(np.max(np.abs(a - b))) for a, b in
+                            zip(single.get_weights(), mirrored.get_weights())),
+        "scale": [float(m.temperature.logit_scale.numpy()) for m in (single, mirrored)],
+        "replicas": strategy.num_replicas_in_sync,
+    }}
+    print(json.dumps(results))
+    """
+)
+
+
+def test_negatives_are_gathered_from_every_replica():
+    script = MIRRORED.format(tests=os.path.dirname(__file__))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("clip_True", "siglip_True", "triplet_True"):
+        result = results[name]
+        # Summed over the replicas: the single-device loss and gradients.
+        assert result["mirrored"] == pytest.approx(result["single"], abs=1e-5), name
+        assert result["gradient_error"] < 1e-5, (name, result)
+        assert result["gradient_size"] > 1e-3
+    # Without gathering, each replica's loss sees only its own rows.
+    local = results["clip_False"]
+    assert abs(local["mirrored"] - local["single"]) > 1e-3
+    fit = results["fit"]
+    assert fit["replicas"] == 2
+    assert fit["loss"][1] == pytest.approx(fit["loss"][0], abs=1e-5)
+    assert fit["weight_error"] < 1e-5, fit
+    assert fit["scale"][1] == pytest.approx(fit["scale"][0], abs=1e-6)
+    assert fit["scale"][0] != pytest.approx(CLIP_LOGIT_SCALE, abs=1e-6)

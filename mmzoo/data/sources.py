@@ -166,7 +166,9 @@ def _file_problem(path, max_pixels):
         return "missing_file", f"cannot read {path}: {error.strerror}"
     if not data:
         return "undecodable_image", f"empty file: {path}"
-    problem = image_lib.header_problem(image_lib.inspect_image(data), max_pixels)
+    # The guard every image entry point applies (predict, the TFLite app
+    # path and, in TensorFlow ops, the serving graph).
+    problem = image_lib.check_image(data, max_pixels)
     if problem is not None:
         return problem[0], f"{problem[1]}: {path}"
     return None

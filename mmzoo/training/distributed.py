@@ -238,13 +238,19 @@ def custom_fit(
     """
     _check_arguments(epochs, global_batch_size, initial_epoch, steps_per_epoch)
     _check_model(model, strategy)
-    losses = _compiled_losses(model)
+    # A dual encoder's loss compares the pairs of a batch with each other:
+    # the model computes it (negatives gathered from every replica).
+    pair_loss = getattr(model, "contrastive_loss", None) is not None
+    losses = [] if pair_loss else _compiled_losses(model)
     if not model.optimizer.built:
         # Optimizer variables created inside `strategy.run` would be
         # per-replica; create them mirrored, as `fit` does.
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    replica_step = _replica_step(model, losses, global_batch_size, strategy)
+    if pair_loss:
+        replica_step = _pair_replica_step(model)
+    else:
+        replica_step = _replica_step(model, losses, global_batch_size, strategy)
     average_replica_copies = _replica_copies_averager(model, strategy)
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -342,6 +348,35 @@ def _replica_step(model, losses, global_batch_size, strategy):
             gradients = _agree_on_overflow(context, gradients)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return tf.stack([loss, count, *correct])
+
+    return replica_step
+
+
+def _pair_replica_step(model):
+    """The per-replica step of a model that computes its own pair loss.
+
+    `model.compute_loss` (a `mmzoo.DualEncoder`'s) gathers every replica's
+    embeddings, so each replica's loss is the global batch's divided by the
+    replicas; the summed gradients are then the global batch's, as on one
+    device. Returns `[loss share, examples]` like `_replica_step`.
+    """
+    optimizer = model.optimizer
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(features, labels):
+        context = tf.distribute.get_replica_context()
+        count = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
+        with tf.GradientTape() as tape:
+            outputs = model(features, training=True)
+            loss = model.compute_loss(features, labels, outputs)
+            scaled = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        if loss_scaled:
+            gradients = _agree_on_overflow(context, gradients)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        # The replicas' shares sum to the step's loss, as in `_replica_step`.
+        return tf.stack([loss, count])
 
     return replica_step
 
@@ -465,7 +500,10 @@ def _check_arguments(epochs, global_batch_size, initial_epoch, steps_per_epoch):
 
 
 def _check_model(model, strategy):
-    if getattr(model, "optimizer", None) is None or not getattr(model, "loss", None):
+    has_loss = getattr(model, "loss", None) or getattr(
+        model, "contrastive_loss", None
+    )
+    if getattr(model, "optimizer", None) is None or not has_loss:
         raise ValueError(
             "custom_fit trains with the model's compiled optimizer and loss; "
             "compile the model (inside `strategy.scope()`) first."
