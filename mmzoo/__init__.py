@@ -10,6 +10,7 @@ from mmzoo.builder import MultimodalModel
 from mmzoo.builder import build_model
 from mmzoo.builder import with_modality_weights
 from mmzoo.dual_encoder import DualEncoder
+from mmzoo.dual_encoder import RetrievalMetrics
 from mmzoo.dual_encoder import build_dual_encoder
 from mmzoo.registry import list_fusions
 from mmzoo.registry import list_image_towers
@@ -23,6 +24,7 @@ __all__ = [
     "__version__",
     "DualEncoder",
     "MultimodalModel",
+    "RetrievalMetrics",
     "build_dual_encoder",
     "build_model",
     "get_task",

@@ -233,6 +233,63 @@ class DualEncoder(keras.Model):
         return {**super().get_config(), "build_arguments": self.build_arguments}
 
 
+class RetrievalMetrics(keras.callbacks.Callback):
+    """Recall@K both ways, and ranks, over a whole validation set each epoch.
+
+    A contrastive loss only sees a batch; retrieval is judged against every
+    item of a set. After each epoch this embeds `inputs` with the model and
+    adds `mmzoo.metrics.retrieval_metrics` to the epoch's logs, prefixed
+    (`val_image_to_text_R@1`, `val_text_to_image_median_rank`, ...), so
+    that `History`, `CSVLogger`, TensorBoard and `EarlyStopping` see them.
+
+    Args:
+        inputs: the model's inputs for the set, a dict of arrays (or a
+            dataset `model.predict` takes).
+        image_ids, text_ids: optional ids of the rows (several captions of
+            one image), as in `retrieval_metrics`.
+        ks: the K of Recall@K. Default (1, 5, 10).
+        prefix: prepended to each name. Default `"val_"`.
+        batch_size: for `model.predict`.
+
+    Example:
+
+    >>> callback = RetrievalMetrics(val_inputs, image_ids=val_image_ids)
+    >>> history = model.fit(train_inputs, epochs=5, callbacks=[callback])
+    >>> history.history["val_text_to_image_R@10"]
+    """
+
+    def __init__(
+        self,
+        inputs,
+        image_ids=None,
+        text_ids=None,
+        ks=(1, 5, 10),
+        prefix="val_",
+        batch_size=256,
+    ):
+        super().__init__()
+        self.inputs = inputs
+        self.image_ids = image_ids
+        self.text_ids = text_ids
+        self.ks = tuple(ks)
+        self.prefix = prefix
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        from mmzoo.metrics import retrieval_metrics
+
+        outputs = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+        metrics = retrieval_metrics(
+            outputs["image_embedding"],
+            outputs["text_embedding"],
+            self.image_ids,
+            self.text_ids,
+            self.ks,
+        )
+        if logs is not None:
+            logs.update({self.prefix + name: value for name, value in metrics.items()})
+
+
 def build_dual_encoder(**arguments):
     """Build a dual encoder: image and text towers into one shared space.
 

@@ -549,3 +549,111 @@ def _per_class_table(per_class):
             f"  {row['f1']:>6.4f}  {row['support']:>{support_width}}"
         )
     return lines
+
+
+# === Cross-modal retrieval ===
+
+# Recall@K reported both ways, as open_clip's `get_clip_metrics` does.
+RETRIEVAL_K = (1, 5, 10)
+
+
+def retrieval_metrics(
+    image_embeddings, text_embeddings, image_ids=None, text_ids=None, ks=RETRIEVAL_K
+) -> dict:
+    """Recall@K and ranks of cross-modal retrieval over a whole set.
+
+    Row `i` of the two arrays is a matching pair. Every image queries all
+    the texts by cosine similarity (dot product of the embeddings, which
+    dual encoders L2-normalise) and every text queries all the images. A
+    retrieved item is correct when it is the query's own pair, or, with
+    ids, any item of the query's id: several captions of one image
+    (`image_ids`: rows showing the same image) or one caption written for
+    several images (`text_ids`). The rank of a query is the position of its
+    first correct item (1 = first); ties count against the query (a
+    wrong item as similar as the right one ranks before it).
+
+    The names follow open_clip's `get_clip_metrics`:
+    `image_to_text_R@K`, `text_to_image_R@K` (the fraction of queries whose
+    rank is at most K), and `*_mean_rank`, `*_median_rank`. The same
+    definition with K = 1 and one correct item per query is the in-batch
+    accuracy of CLIP's paper. (Ranking metrics of keras-rs score lists of
+    graded items per query; this is the whole-set cross-modal form.)
+
+    Args:
+        image_embeddings: `(n, d)` array.
+        text_embeddings: `(n, d)` array, row `i` paired with image `i`.
+        image_ids: optional `(n,)` ids; equal ids are one image.
+        text_ids: optional `(n,)` ids; equal ids are one text.
+        ks: the K of Recall@K.
+
+    Returns:
+        A dict of floats, with `random_R@K`, what a random ranking scores
+        on average (K / n with one correct item per query; more with ids).
+
+    Example:
+
+    >>> image = np.eye(3)
+    >>> text = np.eye(3)[[0, 2, 1]]  # texts 1 and 2 swapped
+    >>> metrics = retrieval_metrics(image, text)
+    >>> metrics["image_to_text_R@1"], metrics["image_to_text_median_rank"]
+    (0.3333333333333333, 3.0)
+    """
+    image = _embedding_array("image_embeddings", image_embeddings)
+    text = _embedding_array("text_embeddings", text_embeddings)
+    if image.shape != text.shape:
+        raise ValueError(
+            "`image_embeddings` and `text_embeddings` must have one row per pair "
+            f"and the same width. Received: shapes {image.shape} and {text.shape}"
+        )
+    count = len(image)
+    correct = np.eye(count, dtype=bool)
+    for name, ids in (("image_ids", image_ids), ("text_ids", text_ids)):
+        if ids is not None:
+            ids = np.asarray(ids)
+            if ids.shape != (count,):
+                raise ValueError(
+                    f"`{name}` must hold one id per row ({count}). Received: "
+                    f"shape {ids.shape}"
+                )
+            correct |= ids[:, None] == ids[None, :]
+    if not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ValueError(f"`ks` must be positive integers. Received: ks={ks!r}")
+    similarity = image @ text.T
+    metrics = {}
+    for direction, scores, hits in (
+        ("image_to_text", similarity, correct),
+        ("text_to_image", similarity.T, correct.T),
+    ):
+        ranks = _first_correct_ranks(scores, hits)
+        metrics[f"{direction}_mean_rank"] = float(np.mean(ranks))
+        metrics[f"{direction}_median_rank"] = float(np.floor(np.median(ranks)))
+        for k in ks:
+            metrics[f"{direction}_R@{k}"] = float(np.mean(ranks <= k))
+    # What a random ranking scores: a query with c correct items of n finds
+    # one in its top K with probability 1 - C(n - c, K) / C(n, K).
+    right = correct.sum(axis=1)
+    for k in ks:
+        miss = np.ones(count)
+        for i in range(min(k, count)):
+            miss *= np.clip(count - right - i, 0, None) / (count - i)
+        metrics[f"random_R@{k}"] = float(np.mean(1 - miss))
+    return metrics
+
+
+def _first_correct_ranks(scores, hits):
+    """Per query: 1 + how many wrong items score at least its best right one."""
+    best = np.where(hits, scores, -np.inf).max(axis=1)
+    wrong_before = np.sum((scores >= best[:, None]) & ~hits, axis=1)
+    return 1 + wrong_before
+
+
+def _embedding_array(argument, value):
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 2 or len(array) == 0:
+        raise ValueError(
+            f"`{argument}` must be a non-empty (n, d) array. Received: shape "
+            f"{array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"`{argument}` holds NaN or infinite values.")
+    return array

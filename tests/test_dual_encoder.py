@@ -125,6 +125,24 @@ def test_plain_keras_fit_learns_the_pairs(loss):
     assert evaluated == pytest.approx(float(direct), rel=1e-4)
 
 
+def test_retrieval_metrics_over_the_whole_validation_set_each_epoch():
+    from mmzoo.metrics import retrieval_metrics
+
+    model = build_dual_encoder(**SIZES)
+    inputs, _ = paired_batch(64)
+    val, concepts = paired_batch(40, seed=2)
+    callback = mmzoo.RetrievalMetrics(val, image_ids=concepts, text_ids=concepts)
+    history = model.fit(inputs, epochs=2, verbose=0, callbacks=[callback])
+    for name in ("val_image_to_text_R@1", "val_text_to_image_R@10"):
+        assert len(history.history[name]) == 2
+    out = model.predict(val, verbose=0)
+    expected = retrieval_metrics(
+        out["image_embedding"], out["text_embedding"], concepts, concepts
+    )
+    for name, value in expected.items():
+        assert history.history[f"val_{name}"][-1] == pytest.approx(value)
+
+
 def test_ids_mark_rows_of_the_same_item_as_not_negatives():
     # The same pair twice in a batch: with ids, the copy is not a negative,
     # so the loss is lower than when it is pushed away from itself.

@@ -562,3 +562,77 @@ def test_plot_history_csv_with_a_bad_value(tmp_path):
         ),
     ):
         plot_history(path, tmp_path / "h.png")
+
+
+# === Cross-modal retrieval ===
+
+
+def _brute_force_ranks(similarity, correct):
+    """Rank of the first correct item per query, by sorting (ties pessimistic)."""
+    ranks = []
+    for scores, hits in zip(similarity, correct, strict=True):
+        # Wrong items before right ones among equal scores.
+        order = sorted(range(len(scores)), key=lambda j: (-scores[j], hits[j]))
+        ranks.append(1 + next(i for i, j in enumerate(order) if hits[j]))
+    return np.array(ranks)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_retrieval_metrics_match_a_sort_of_every_query(with_ids):
+    from mmzoo.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 6))
+    text = image + rng.normal(scale=1.5, size=(40, 6))
+    # Rounded so that ties happen.
+    image, text = np.round(image, 1), np.round(text, 1)
+    image_ids = rng.integers(0, 25, 40) if with_ids else None
+    text_ids = rng.integers(0, 30, 40) if with_ids else None
+    metrics = retrieval_metrics(image, text, image_ids, text_ids, ks=(1, 5, 10))
+    correct = np.eye(40, dtype=bool)
+    if with_ids:
+        correct |= image_ids[:, None] == image_ids[None, :]
+        correct |= text_ids[:, None] == text_ids[None, :]
+    similarity = image @ text.T
+    for direction, scores, hits in (
+        ("image_to_text", similarity, correct),
+        ("text_to_image", similarity.T, correct.T),
+    ):
+        ranks = _brute_force_ranks(scores, hits)
+        assert metrics[f"{direction}_mean_rank"] == pytest.approx(ranks.mean())
+        assert metrics[f"{direction}_median_rank"] == np.floor(np.median(ranks))
+        for k in (1, 5, 10):
+            assert metrics[f"{direction}_R@{k}"] == pytest.approx(np.mean(ranks <= k))
+    if not with_ids:
+        assert metrics["random_R@10"] == pytest.approx(10 / 40)
+    # A random ranking's expected Recall@K, by simulation.
+    shuffled = [
+        retrieval_metrics(
+            rng.normal(size=(40, 6)), rng.normal(size=(40, 6)), image_ids, text_ids
+        )["image_to_text_R@5"]
+        for _ in range(300)
+    ]
+    assert np.mean(shuffled) == pytest.approx(metrics["random_R@5"], abs=0.02)
+    # Better than random on these correlated embeddings, and not perfect.
+    assert 10 / 40 < metrics["text_to_image_R@10"] < 1
+
+
+def test_retrieval_metrics_hand_computed_and_checked():
+    from mmzoo.metrics import retrieval_metrics
+
+    image = np.eye(3)
+    text = np.eye(3)[[0, 2, 1]]
+    metrics = retrieval_metrics(image, text)
+    # Image 0 finds text 0 first; images 1 and 2 find the other's text, and
+    # their own ties with text 0, which counts against them: rank 3.
+    assert metrics["image_to_text_R@1"] == pytest.approx(1 / 3)
+    assert metrics["image_to_text_mean_rank"] == pytest.approx(7 / 3)
+    # With ids saying images 1 and 2 are one image, every query is right.
+    same = retrieval_metrics(image, text, image_ids=[0, 1, 1])
+    assert same["image_to_text_R@1"] == same["text_to_image_R@1"] == 1.0
+    with pytest.raises(ValueError, match="one row per pair"):
+        retrieval_metrics(np.eye(3), np.eye(2))
+    with pytest.raises(ValueError, match=r"`image_ids` must hold one id per row \(3\)"):
+        retrieval_metrics(image, text, image_ids=[0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(np.full((2, 2), np.nan), np.eye(2))

@@ -500,9 +500,7 @@ def _check_arguments(epochs, global_batch_size, initial_epoch, steps_per_epoch):
 
 
 def _check_model(model, strategy):
-    has_loss = getattr(model, "loss", None) or getattr(
-        model, "contrastive_loss", None
-    )
+    has_loss = getattr(model, "loss", None) or getattr(model, "contrastive_loss", None)
     if getattr(model, "optimizer", None) is None or not has_loss:
         raise ValueError(
             "custom_fit trains with the model's compiled optimizer and loss; "
