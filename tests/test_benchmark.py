@@ -318,3 +318,24 @@ def test_a_failing_configuration_does_not_stop_its_group():
     assert [("error" in r) for r in rows] == [False, True, False]
     assert "`fusion` must be one of" in rows[1]["error"]
     assert len(rows[2]["train_rates"]) == 2 and rows[2]["infer_images_per_s"] > 0
+
+
+def test_easy_vqa_captions_come_from_the_answers():
+    from benchmarks.dual_encoder_easy_vqa import captions
+
+    questions = [
+        "what is the blue shape?",
+        "is there a red shape?",
+        "does the image not contain a circle?",
+        "what color is the shape?",
+        "is there not a triangle in the image?",
+        "what shape is in the image?",
+    ]
+    answers = ["rectangle", "no", "no", "green", "no", "circle"]
+    images = [0, 0, 1, 1, 2, 3]
+    # Image 0: blue (named), rectangle; 1: green, circle (not "not");
+    # 2: a triangle of no known colour; 3: a circle of no known colour.
+    assert captions(questions, answers, images) == {
+        0: "a blue rectangle",
+        1: "a green circle",
+    }
