@@ -152,7 +152,8 @@ def markdown(result):
         "## A dual encoder on easy-VQA captions "
         "(`python -m benchmarks.dual_encoder_easy_vqa`)",
         "",
-        f"small_cnn ({result['image_size']} px) + bag of words, `loss={result['loss']!r}`, "
+        f"small_cnn ({result['image_size']} px) + bag of words, "
+        f"`loss={result['loss']!r}`, "
         f"{result['epochs']} epochs on {result['train_images']:,} training images "
         f"and their captions; {result['test_images']:,} test images, "
         f"{result['distinct_test_captions']} distinct captions (ids: a caption "
