@@ -14,6 +14,10 @@ asynchronous dispatch cannot flatter it. The models of a group (a bare
 tower and the fusions over it) take turns repeat by repeat
 (`measure_group`), so their ratios are measured under the same conditions.
 
+A dual encoder (`fusion="dual:<loss>"`, `mmzoo.build_dual_encoder`)
+trains on the same batch without labels: its loss compares every image of
+the batch with every text.
+
 The bare tower is the keras.applications network itself
 (`include_top=False, pooling="avg"`, for `small_cnn` mmzoo's own) under a
 softmax `Dense`: what a user would train without mmzoo. A fused model's
@@ -41,6 +45,8 @@ from mmzoo import registry
 from mmzoo.towers import build_image_tower
 
 BARE = "bare"  # the `fusion` of a bare image tower: no text, no fusion
+# The `fusion` of a dual encoder (`mmzoo.build_dual_encoder`): "dual:<loss>".
+DUAL = "dual:"
 
 NUM_CLASSES = 10
 VOCAB_SIZE = 20000
@@ -81,6 +87,16 @@ def build(config):
     """The uncompiled model of `config` (see the module docstring)."""
     if config.fusion == BARE:
         return bare_tower(config.image_tower, config.image_size)
+    if config.fusion.startswith(DUAL):
+        return mmzoo.build_dual_encoder(
+            image_tower=config.image_tower,
+            text_tower=config.text_tower,
+            image_size=config.image_size,
+            vocab_size=VOCAB_SIZE,
+            max_tokens=MAX_TOKENS,
+            loss=config.fusion.removeprefix(DUAL),
+            compile=False,
+        )
     return mmzoo.build_model(
         image_tower=config.image_tower,
         text_tower=config.text_tower,
@@ -189,12 +205,17 @@ def measure_group(configs, steps, repeats, warmup, count_flops=(), min_seconds=0
                 keras.config.set_dtype_policy(config.precision)
                 keras.utils.set_random_seed(0)
                 model = build(config)
+                dual = config.fusion.startswith(DUAL)
                 model.compile(
                     optimizer=keras.optimizers.Adam(1e-4),
-                    loss={"probabilities": "sparse_categorical_crossentropy"},
+                    # A dual encoder computes its own loss over the batch.
+                    loss=None
+                    if dual
+                    else {"probabilities": "sparse_categorical_crossentropy"},
                     jit_compile=config.xla,
                 )
                 inputs, labels = synthetic_batch(model, config.batch_size)
+                labels = None if dual else labels
 
                 def train(model=model, inputs=inputs, labels=labels):
                     model.train_on_batch(inputs, labels)

@@ -313,11 +313,18 @@ def test_a_failing_configuration_does_not_stop_its_group():
         Config("small_cnn", None, BARE, 32, 2),
         Config("small_cnn", "bow", "no_such_fusion", 32, 2),
         Config("small_cnn", "bow", "concat", 32, 2),
+        # A dual encoder trains without labels, in the same turns.
+        Config("small_cnn", "bow", f"{throughput.DUAL}siglip", 32, 2),
     ]
     rows = throughput.measure_group(configs, steps=1, repeats=2, warmup=1)
-    assert [("error" in r) for r in rows] == [False, True, False]
+    assert [("error" in r) for r in rows] == [False, True, False, False]
     assert "`fusion` must be one of" in rows[1]["error"]
-    assert len(rows[2]["train_rates"]) == 2 and rows[2]["infer_images_per_s"] > 0
+    for row in rows[2:]:
+        assert len(row["train_rates"]) == 2 and row["infer_images_per_s"] > 0
+    for row in rows:
+        row["group"] = 0
+    ratios = {r["fusion"]: r["train_ratio"] for r in throughput.overhead(rows)}
+    assert set(ratios) == {"concat", "dual:siglip"} and ratios["dual:siglip"] > 0
 
 
 def test_easy_vqa_captions_come_from_the_answers():
