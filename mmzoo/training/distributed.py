@@ -306,7 +306,6 @@ def _replica_step(model, losses, global_batch_size, strategy):
     """
     optimizer = model.optimizer
     replicas = strategy.num_replicas_in_sync
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     batch_norm = _has_batch_norm(model)
 
     def replica_step(features, labels):
@@ -342,11 +341,7 @@ def _replica_step(model, losses, global_batch_size, strategy):
                     [tf.cast(extra, tf.float32) for extra in model.losses]
                 ) / float(replicas)
             scaled = optimizer.scale_loss(loss)
-        variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        if loss_scaled:
-            gradients = _agree_on_overflow(context, gradients)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        _apply_gradients(model, tape, scaled, context)
         return tf.stack([loss, count, *correct])
 
     return replica_step
@@ -361,7 +356,6 @@ def _pair_replica_step(model):
     device. Returns `[loss share, examples]` like `_replica_step`.
     """
     optimizer = model.optimizer
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(features, labels):
         context = tf.distribute.get_replica_context()
@@ -370,15 +364,21 @@ def _pair_replica_step(model):
             outputs = model(features, training=True)
             loss = model.compute_loss(features, labels, outputs)
             scaled = optimizer.scale_loss(loss)
-        variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        if loss_scaled:
-            gradients = _agree_on_overflow(context, gradients)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        _apply_gradients(model, tape, scaled, context)
         # The replicas' shares sum to the step's loss, as in `_replica_step`.
         return tf.stack([loss, count])
 
     return replica_step
+
+
+def _apply_gradients(model, tape, scaled, context):
+    """One update from a replica's scaled loss; overflow agreed by all."""
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled, variables)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        gradients = _agree_on_overflow(context, gradients)
+    optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
 
 def _step_checks(step_count, empty_replicas, global_batch_size, batch_norm):
