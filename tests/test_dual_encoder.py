@@ -183,12 +183,16 @@ def test_a_loss_given_to_compile_replaces_the_models():
     assert np.isfinite(model.fit(inputs, epochs=1, verbose=0).history["loss"][0])
 
 
-def test_keras_round_trip_keeps_outputs_loss_and_recipe(tmp_path):
+@pytest.mark.parametrize(
+    "loss, options", [("triplet", {"margin": 0.3}), ("siglip", {"temperature": 0.2})]
+)
+def test_keras_round_trip_keeps_outputs_loss_and_recipe(loss, options, tmp_path):
     model = build_dual_encoder(
-        loss="triplet", loss_arguments={"margin": 0.3}, projection="mlp", **SIZES
+        loss=loss, loss_arguments=options, projection="mlp", **SIZES
     )
     inputs, _ = paired_batch(4)
     model.fit(inputs, epochs=1, verbose=0)
+    temperature = model.temperature.get_weights()  # SigLIP's scale and bias
     path = str(tmp_path / "dual.keras")
     model.save(path)
     restored = mmzoo.load_model(path)  # safe mode, mmzoo's own checks first
@@ -199,6 +203,13 @@ def test_keras_round_trip_keeps_outputs_loss_and_recipe(tmp_path):
     expected = model.predict(inputs, verbose=0)
     for key, value in restored.predict(inputs, verbose=0).items():
         np.testing.assert_allclose(value, expected[key], atol=1e-6)
+    # The trained temperature comes back, not its initial value.
+    restored_temperature = restored.temperature.get_weights()
+    assert len(restored_temperature) == (2 if loss == "siglip" else 0)
+    for got, want in zip(restored_temperature, temperature, strict=True):
+        assert got == want
+    if loss == "siglip":
+        assert temperature[0] != pytest.approx(SIGLIP_LOGIT_SCALE, abs=1e-7)
     # It trains on after loading.
     assert np.isfinite(restored.fit(inputs, epochs=1, verbose=0).history["loss"][0])
 
