@@ -393,3 +393,35 @@ def test_config_keeps_the_constructor_arguments():
     assert (config["rate"], config["seed"]) == (0.25, 5)
     # The clone keeps raw pixels and token ids uncast.
     assert ModalityDropout.from_config(config).autocast is False
+
+
+# === recalibrate_batch_norm ===
+
+
+def test_recalibrate_batch_norm_averages_the_batches():
+    from mmzoo.layers import recalibrate_batch_norm
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, (40, 4)).astype("float32") * [1, 2, 3, 4]
+    inner = keras.Sequential([keras.layers.BatchNormalization()], name="tower")
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model({"x": inputs}, frozen(inner(inputs)))
+    frozen.trainable = False
+    (norm,) = inner.layers
+    assert recalibrate_batch_norm(model, {"x": data}, batch_size=10) == 1
+    batches = data.reshape(4, 10, 4)
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), batches.mean(1).mean(0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        norm.moving_variance.numpy(), batches.var(1).mean(0), rtol=1e-5
+    )
+    assert norm.momentum == 0.99  # restored
+    # The frozen layer kept its initial statistics.
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(4))
+    np.testing.assert_array_equal(frozen.moving_variance.numpy(), np.ones(4))
+    # A model without trainable BatchNorm: nothing to do.
+    assert recalibrate_batch_norm(keras.Sequential([keras.layers.Dense(2)]), data) == 0
+    with pytest.raises(ValueError, match="no rows"):
+        recalibrate_batch_norm(model, {"x": data[:0]})
