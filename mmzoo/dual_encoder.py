@@ -67,6 +67,7 @@ DEFAULTS = {
     "logit_bias": None,
     "learn_temperature": True,
     "gather_negatives": True,
+    "local_loss": False,
     "compile": True,
     "learning_rate": 1e-3,
     "name": None,
@@ -208,19 +209,33 @@ class DualEncoder(keras.Model):
             ids.get("text_ids"),
         ]
         replicas = _replicas()
-        if replicas > 1 and self._build_arguments.get("gather_negatives", True):
+        gather = replicas > 1 and self._build_arguments.get("gather_negatives", True)
+        rows = None
+        if gather:
+            if self._build_arguments.get("local_loss", False):
+                rows = _local_rows(pair[0])
             # Every replica sees the global batch: its pairs and the other
             # replicas' as negatives (open_clip's gather_with_grad).
             pair = [None if value is None else _gather(value) for value in pair]
         image, text, image_ids, text_ids = pair
-        loss = self.contrastive_loss(
-            image,
-            text,
-            logit_scale=self.temperature.logit_scale,
-            logit_bias=self.temperature.logit_bias,
-            image_ids=image_ids,
-            text_ids=text_ids,
-        )
+        if rows is not None:
+            loss = self.contrastive_loss.rows_loss(
+                image,
+                text,
+                *rows,
+                logit_scale=self.temperature.logit_scale,
+                image_ids=image_ids,
+                text_ids=text_ids,
+            )
+        else:
+            loss = self.contrastive_loss(
+                image,
+                text,
+                logit_scale=self.temperature.logit_scale,
+                logit_bias=self.temperature.logit_bias,
+                image_ids=image_ids,
+                text_ids=text_ids,
+            )
         if self.losses:
             loss = loss + keras.ops.sum(
                 keras.ops.stack([keras.ops.cast(x, "float32") for x in self.losses])
@@ -325,6 +340,11 @@ def build_dual_encoder(**arguments):
             replica's embeddings (with their gradients) so that the loss
             sees the global batch, as on one device (default); `False`:
             each replica's loss sees its own batch only.
+        local_loss: with `gather_negatives`, each replica computes the loss
+            of its own rows against the whole gathered batch (open_clip's
+            `local_loss`: `local x global` logits instead of `global x
+            global`); equal to the global loss when the replicas' batches
+            are equal. CLIP loss only (`ClipLoss.rows_loss`).
         compile: compile with Adam at `learning_rate`.
         learning_rate: Adam's learning rate when compiling. Default 1e-3.
         name: the model's name. Default `"<image>_<text>_dual_encoder"`.
@@ -429,6 +449,13 @@ def _resolve(arguments):
         raise ValueError(
             f"`embed_dim` must be a positive integer. Received: embed_dim={embed_dim!r}"
         )
+    loss = config["loss"]
+    if config["local_loss"] and not (loss == "clip" or hasattr(loss, "rows_loss")):
+        raise ValueError(
+            "`local_loss=True` computes each replica's rows of the CLIP loss "
+            "against the global batch; it applies to loss='clip'. Received: "
+            f"loss={loss if isinstance(loss, str) else type(loss).__name__!r}"
+        )
     if config["loss_arguments"] is not None and not isinstance(
         config["loss_arguments"], dict
     ):
@@ -505,6 +532,17 @@ def _replicas():
 
     context = tf.distribute.get_replica_context()
     return 1 if context is None else context.num_replicas_in_sync
+
+
+def _local_rows(embedding):
+    """`(start, size)` of this replica's rows in the gathered batch."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    size = tf.shape(embedding)[0]
+    sizes = context.all_gather(size[tf.newaxis], axis=0)
+    replica = context.replica_id_in_sync_group
+    return tf.reduce_sum(sizes[:replica]), size
 
 
 def _gather(value):

@@ -215,21 +215,64 @@ class ClipLoss(ContrastiveLoss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, image, text, logit_scale, logit_bias, duplicates):
+        return self._rows(
+            image, text, logit_scale, duplicates, ops.arange(ops.shape(image)[0])
+        )
+
+    def rows_loss(
+        self,
+        image_embedding,
+        text_embedding,
+        start,
+        size,
+        logit_scale=None,
+        image_ids=None,
+        text_ids=None,
+    ):
+        """The loss of rows `start:start + size` against every column.
+
+        open_clip's `local_loss`: under tf.distribute, a replica holding
+        rows `start:start + size` of the gathered global batch computes the
+        cross-entropy of its own images against all texts and of its own
+        texts against all images, `size x batch` logits instead of
+        `batch x batch`. With equal replica batches, the replicas' mean is
+        the global loss.
+
+        Args:
+            image_embedding, text_embedding: the global batch, `(batch, dim)`.
+            start, size: the rows to compute (ints or scalar tensors).
+            logit_scale, image_ids, text_ids: as in `__call__`.
+
+        Returns:
+            A float32 scalar: the mean over the rows.
+        """
+        image = ops.cast(image_embedding, "float32")
+        text = ops.cast(text_embedding, "float32")
+        _check_embeddings(image, text)
+        if logit_scale is not None:
+            logit_scale = ops.cast(logit_scale, "float32")
+        duplicates = duplicate_mask(ops.shape(image)[0], image_ids, text_ids)
+        rows = ops.cast(start, "int32") + ops.arange(size)
+        return self._rows(image, text, logit_scale, duplicates, rows)
+
+    def _rows(self, image, text, logit_scale, duplicates, rows):
         scale = _clamped_scale(logit_scale, self.temperature)
-        logits = scale * ops.matmul(image, ops.transpose(text))
-        keep = ops.logical_not(duplicates)
-        rows = ops.arange(ops.shape(logits)[0])
-        targets = ops.cast(ops.equal(rows[:, None], rows[None, :]), "float32")
+        # `duplicates` is symmetric: its rows serve both directions.
+        logits = scale * ops.matmul(ops.take(image, rows, axis=0), ops.transpose(text))
+        transposed = scale * ops.matmul(
+            ops.take(text, rows, axis=0), ops.transpose(image)
+        )
+        keep = ops.logical_not(ops.take(duplicates, rows, axis=0))
+        columns = ops.arange(ops.shape(image)[0])
+        targets = ops.cast(ops.equal(rows[:, None], columns[None, :]), "float32")
         if self.label_smoothing:
             kept = ops.cast(keep, "float32")
             spread = kept / ops.sum(kept, axis=-1, keepdims=True)
             targets = (
                 1.0 - self.label_smoothing
             ) * targets + self.label_smoothing * spread
-        # `duplicates` is symmetric and so are the targets: the text->image
-        # rows are the columns of the same logits.
         image_to_text = _masked_cross_entropy(targets, logits, keep)
-        text_to_image = _masked_cross_entropy(targets, ops.transpose(logits), keep)
+        text_to_image = _masked_cross_entropy(targets, transposed, keep)
         return (image_to_text + text_to_image) / 2.0
 
     def get_config(self):

@@ -600,3 +600,22 @@ def test_losses_run_on_the_jax_backend(pair):
         value = call(ClipLoss(), image, text, ids=ids, logit_scale=scale)
     tf_gradient = float(tape.gradient(value, scale))
     np.testing.assert_allclose(report["scale_gradient"], tf_gradient, rtol=1e-4)
+
+
+def test_clip_rows_loss_is_open_clips_local_loss():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(8, 5)).astype("float32")
+    text = (image + rng.normal(size=(8, 5))).astype("float32")
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    ids = {"image_ids": np.array([0, 1, 2, 0, 4, 5, 6, 7]), "text_ids": np.arange(8)}
+    for loss in (ClipLoss(), ClipLoss(label_smoothing=0.1)):
+        whole = float(loss(image, text, logit_scale=2.0, **ids))
+        # All the rows: the loss itself.
+        assert float(loss.rows_loss(image, text, 0, 8, 2.0, **ids)) == pytest.approx(
+            whole, rel=1e-6
+        )
+        # Two replicas of four rows each: their mean is the global loss.
+        halves = [float(loss.rows_loss(image, text, s, 4, 2.0, **ids)) for s in (0, 4)]
+        assert np.mean(halves) == pytest.approx(whole, rel=1e-6)
+        assert halves[0] != pytest.approx(halves[1])

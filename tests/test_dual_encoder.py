@@ -287,6 +287,10 @@ def test_mixed_precision_keeps_float32_embeddings():
 
 
 def test_arguments_are_checked():
+    with pytest.raises(
+        ValueError, match="applies to loss='clip'. Received: loss='siglip'"
+    ):
+        build_dual_encoder(loss="siglip", local_loss=True, **SIZES)
     with pytest.raises(TypeError, match="embed_dimension"):
         build_dual_encoder(embed_dimension=3)
     with pytest.raises(ValueError, match="`embed_dim` must be a positive integer"):
@@ -367,9 +371,19 @@ MIRRORED = textwrap.dedent(
     ids = {{"image_ids": np.array([0, 1, 2, 3, 4, 0, 6]),
             "text_ids": np.array([0, 1, 2, 1, 4, 5, 6])}}
     results = {{}}
-    for loss, gather in [("clip", True), ("siglip", True), ("triplet", True),
-                         ("clip", False)]:
-        arguments = dict(loss=loss, gather_negatives=gather, **SIZES)
+    uneven = inputs, ids
+    # open_clip's local loss equals the global one for equal replica
+    # batches (8 rows, 4 each), not for 4 + 3, where each replica's mean
+    # weighs its rows.
+    even = (paired_batch(8)[0],
+            {{"image_ids": np.array([0, 1, 2, 3, 4, 0, 6, 7]),
+              "text_ids": np.array([0, 1, 2, 1, 4, 5, 6, 7])}})
+    cases = [("clip", True, False, uneven), ("siglip", True, False, uneven),
+             ("triplet", True, False, uneven), ("clip", False, False, uneven),
+             ("clip", True, True, even), ("clip", True, True, uneven)]
+    for loss, gather, local, (inputs, ids) in cases:
+        arguments = dict(loss=loss, gather_negatives=gather, local_loss=local,
+                         **SIZES)
         keras.utils.set_random_seed(0)
         single = build_dual_encoder(**arguments)
         with strategy.scope():
@@ -390,7 +404,8 @@ MIRRORED = textwrap.dedent(
             lambda x, y: loss_and_gradients(mirrored, x, y), (x, y))
         total = strategy.reduce("SUM", values, axis=None)
         grads = [strategy.reduce("SUM", g, axis=None) for g in grads]
-        results[f"{{loss}}_{{gather}}"] = {{
+        rows = len(ids["image_ids"])
+        results[f"{{loss}}_{{gather}}{{'_local' * local}}_{{rows}}"] = {{
             "single": float(value),
             "mirrored": float(total),
             "gradient_error": max(
@@ -438,15 +453,18 @@ def test_negatives_are_gathered_from_every_replica():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    for name in ("clip_True", "siglip_True", "triplet_True"):
+    for name in ("clip_True_7", "siglip_True_7", "triplet_True_7", "clip_True_local_8"):
         result = results[name]
         # Summed over the replicas: the single-device loss and gradients.
         assert result["mirrored"] == pytest.approx(result["single"], abs=1e-5), name
         assert result["gradient_error"] < 1e-5, (name, result)
         assert result["gradient_size"] > 1e-3
     # Without gathering, each replica's loss sees only its own rows.
-    local = results["clip_False"]
+    local = results["clip_False_7"]
     assert abs(local["mirrored"] - local["single"]) > 1e-3
+    # The local loss with uneven replicas: each replica's mean of its rows.
+    uneven = results["clip_True_local_7"]
+    assert abs(uneven["mirrored"] - uneven["single"]) > 1e-4
     fit = results["fit"]
     assert fit["replicas"] == 2
     assert fit["loss"][1] == pytest.approx(fit["loss"][0], abs=1e-5)
