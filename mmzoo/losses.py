@@ -108,15 +108,16 @@ class ContrastiveLoss:
         Returns:
             A float32 scalar.
         """
-        image = ops.cast(image_embedding, "float32")
-        text = ops.cast(text_embedding, "float32")
-        _check_embeddings(image, text)
-        if logit_scale is not None:
-            logit_scale = ops.cast(logit_scale, "float32")
-        if logit_bias is not None:
-            logit_bias = ops.cast(logit_bias, "float32")
-        duplicates = duplicate_mask(ops.shape(image)[0], image_ids, text_ids)
-        return self.call(image, text, logit_scale, logit_bias, duplicates)
+        return self.call(
+            *_prepared(
+                image_embedding,
+                text_embedding,
+                logit_scale,
+                logit_bias,
+                image_ids,
+                text_ids,
+            )
+        )
 
     def call(self, image, text, logit_scale, logit_bias, duplicates):
         raise NotImplementedError(f"{type(self).__name__} must implement `call`.")
@@ -246,12 +247,9 @@ class ClipLoss(ContrastiveLoss):
         Returns:
             A float32 scalar: the mean over the rows.
         """
-        image = ops.cast(image_embedding, "float32")
-        text = ops.cast(text_embedding, "float32")
-        _check_embeddings(image, text)
-        if logit_scale is not None:
-            logit_scale = ops.cast(logit_scale, "float32")
-        duplicates = duplicate_mask(ops.shape(image)[0], image_ids, text_ids)
+        image, text, logit_scale, _, duplicates = _prepared(
+            image_embedding, text_embedding, logit_scale, None, image_ids, text_ids
+        )
         rows = ops.cast(start, "int32") + ops.arange(size)
         return self._rows(image, text, logit_scale, duplicates, rows)
 
@@ -635,6 +633,19 @@ def get_loss(name_or_instance, **kwargs):
         return name_or_instance
     check_choice("loss", name_or_instance, LOSSES)
     return LOSSES[name_or_instance](**kwargs)
+
+
+def _prepared(image, text, logit_scale, logit_bias, image_ids, text_ids):
+    """A loss's arguments in float32, checked, and the duplicate mask."""
+    image = ops.cast(image, "float32")
+    text = ops.cast(text, "float32")
+    _check_embeddings(image, text)
+    if logit_scale is not None:
+        logit_scale = ops.cast(logit_scale, "float32")
+    if logit_bias is not None:
+        logit_bias = ops.cast(logit_bias, "float32")
+    duplicates = duplicate_mask(ops.shape(image)[0], image_ids, text_ids)
+    return image, text, logit_scale, logit_bias, duplicates
 
 
 def _check_embeddings(image, text):

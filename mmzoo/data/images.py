@@ -1135,17 +1135,6 @@ def _byte_values(contents, start, size):
     return tf.cast(values, tf.int64)
 
 
-def _big_endian(values):
-    total = tf.constant(0, tf.int64)
-    for value in tf.unstack(values):
-        total = total * 256 + value
-    return total
-
-
-def _little_endian(values):
-    return _big_endian(tf.reverse(values, [0]))
-
-
 def _signed32(value):
     return tf.where(value >= 2**31, value - 2**32, value)
 
@@ -1246,7 +1235,7 @@ def _bmp_colour_table(contents):
 
 
 def _uint32_le(contents, offset):
-    value = _little_endian(_byte_values(contents, offset, 4))
+    value = _integer(_byte_values(contents, offset, 4), "little")
     # int32 keeps the arithmetic with `tf.strings.substr` positions simple; a
     # BMP header field beyond 2 GiB is not a file TensorFlow decoded anyway.
     return tf.cast(tf.minimum(value, 2**31 - 1), tf.int32)
