@@ -205,8 +205,10 @@ def build_model(preset=None, /, **arguments):
         text_tower: one of `mmzoo.list_text_towers()`. Default `bow`.
         fusion: one of `mmzoo.list_fusions()`. Default `concat`.
         task: one of `mmzoo.list_tasks()`: `multiclass` (softmax),
-            `multilabel` (sigmoid per class), `binary` (one sigmoid) or
-            `regression` (linear).
+            `multilabel` (sigmoid per class), `binary` (one sigmoid),
+            `regression` (linear), or `contrastive`, which builds a dual
+            encoder instead: `build_model(task="contrastive", **arguments)`
+            is `mmzoo.build_dual_encoder(**arguments)`.
         num_classes: classes (or regression targets).
         head_units: widths of the head's hidden layers. Default `(256,)`.
         dropout: dropout after each hidden head layer. Default 0.2.
@@ -262,8 +264,18 @@ def build_model(preset=None, /, **arguments):
     ['probabilities']
     >>> bigger = mmzoo.build_model(model, image_size=96)
     """
+    task = get_task(arguments.get("task", DEFAULTS["task"]))
+    if not task.fused and preset is None:
+        # E.g. task="contrastive": a dual encoder (`build_dual_encoder`).
+        return task.build(**{k: v for k, v in arguments.items() if k != "task"})
     config, preset_name = _resolve(preset, arguments)
     task = get_task(config["task"])
+    if not task.fused:
+        raise ValueError(
+            f"task={task.name!r} builds no fused model, so there is no preset "
+            f"or zoo model to start from; call build_model(task={task.name!r}, "
+            "...) with its builder's arguments."
+        )
     fusion = registry.fusion(config["fusion"])
     text_spec = registry.text_tower(config["text_tower"])
     context = {

@@ -18,13 +18,20 @@ def _list(args):
         "text-towers": ("Text towers", registry.list_text_towers),
         "fusions": ("Fusions", registry.list_fusions),
         "tasks": ("Tasks (build_model(task=...))", registry.list_tasks),
+        "losses": ("Losses (task contrastive: --loss)", registry.list_losses),
     }
+    from mmzoo.losses import LOSSES
+
     tables = {
         "models": registry.PRESETS,
         "image-towers": registry.IMAGE_TOWERS,
         "text-towers": registry.TEXT_TOWERS,
         "fusions": registry.FUSIONS,
         "tasks": registry.TASKS,
+        "losses": {
+            name: {"description": loss.__doc__.strip().splitlines()[0]}
+            for name, loss in LOSSES.items()
+        },
     }
     chosen = [args.what] if args.what else list(sections)
     for key in chosen:
@@ -153,6 +160,8 @@ def _predict(args):
     if "labels" in result:
         for label, score in zip(result["labels"], result["scores"], strict=True):
             print(f"{score:8.4f}  {label}")
+    elif "similarity" in result:
+        print(f"similarity: {result['similarity']:.4f}")
     else:
         print("predictions:", result["predictions"])
     if "modality_weights" in result:
@@ -359,6 +368,7 @@ def _add_train_arguments(parser):
     flag("--text-tower", help=_names(registry.list_text_towers()))
     flag("--fusion", help=_names(registry.list_fusions()))
     add("--task", choices=registry.list_tasks(), **keep)
+    flag("--loss", help=f"task contrastive: {_names(registry.list_losses())}")
     flag("--image-size", convert=int, metavar="N")
     flag("--max-tokens", convert=int, metavar="N")
     flag("--vocab-size", convert=int, metavar="N")
@@ -446,12 +456,12 @@ def build_parser():
 
 def _add_list_command(commands):
     listing = commands.add_parser(
-        "list", help="list presets, towers, fusions and tasks"
+        "list", help="list presets, towers, fusions, tasks and losses"
     )
     listing.add_argument(
         "what",
         nargs="?",
-        choices=("models", "image-towers", "text-towers", "fusions", "tasks"),
+        choices=("models", "image-towers", "text-towers", "fusions", "tasks", "losses"),
         help="one section only (default: all)",
     )
     listing.add_argument(

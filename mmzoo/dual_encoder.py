@@ -128,6 +128,36 @@ class Temperature(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mmzoo")
+class CanonicalProjection(keras.layers.Layer):
+    """`(x - mean) @ directions`: one view's canonical coordinates.
+
+    Deep CCA's last step (Andrew et al. 2013): its objective only asks the
+    two outputs to be correlated, up to any linear map of each, so their
+    raw cosine similarity means little. Linear CCA fitted on the trained
+    outputs gives the map under which they agree, and this layer applies it
+    (`DualEncoder.fit_canonical_projection` sets its weights); until then
+    it is the identity. Its weights are not trained, and fitting again
+    starts from the raw outputs.
+    """
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.mean = self.add_weight(
+            shape=(width,), initializer="zeros", trainable=False, name="mean"
+        )
+        self.directions = self.add_weight(
+            shape=(width, width),
+            initializer="identity",
+            trainable=False,
+            name="directions",
+        )
+
+    def call(self, inputs):
+        inputs = keras.ops.cast(inputs, self.compute_dtype)
+        return keras.ops.matmul(inputs - self.mean, self.directions)
+
+
+@keras.saving.register_keras_serializable(package="mmzoo")
 class DualEncoder(keras.Model):
     """An image encoder and a text encoder trained into one shared space.
 
@@ -198,6 +228,61 @@ class DualEncoder(keras.Model):
             return self.loss
         return self._contrastive_loss
 
+    @property
+    def canonical_projections(self):
+        """The `CanonicalProjection` layers of a Deep CCA model (or `()`)."""
+        layers = [
+            self.get_layer(name) for name in ("image_embedding", "text_embedding")
+        ]
+        if all(isinstance(layer, CanonicalProjection) for layer in layers):
+            return tuple(layers)
+        return ()
+
+    def fit_canonical_projection(self, data):
+        """Fit linear CCA on the model's outputs and project onto it.
+
+        Deep CCA's last step (see `CanonicalProjection`): embeds `data`
+        (the training set: inputs, or a dataset of them or of `(inputs,
+        targets)` pairs) without the projection, fits `mmzoo.cca.LinearCCA`
+        with one component per feature and the loss's ridge terms, and sets
+        both views' projections, each component weighted by its canonical
+        correlation so that directions the views barely share count little
+        in cosine similarity.
+
+        Returns:
+            The canonical correlations on `data`, descending.
+        """
+        import numpy as np
+
+        from mmzoo.cca import LinearCCA
+
+        layers = self.canonical_projections
+        if not layers:
+            raise ValueError(
+                f"Model {self.name!r} has no canonical projections: only a Deep "
+                "CCA dual encoder (loss='dcca') does."
+            )
+        for layer in layers:
+            width = layer.mean.shape[0]
+            layer.mean.assign(np.zeros(width, "float32"))
+            layer.directions.assign(np.eye(width, dtype="float32"))
+        outputs = self.predict(data, verbose=0)
+        image, text = outputs["image_embedding"], outputs["text_embedding"]
+        loss = self.contrastive_loss
+        cca = LinearCCA(
+            image.shape[1], r1=getattr(loss, "r1", 1e-4), r2=getattr(loss, "r2", 1e-4)
+        ).fit(image, text)
+        weight = np.maximum(cca.correlations_, 1e-6)
+        for layer, mean, directions in zip(
+            layers,
+            (cca.mean_x_, cca.mean_y_),
+            (cca.weights_x_, cca.weights_y_),
+            strict=True,
+        ):
+            layer.mean.assign(mean.astype("float32"))
+            layer.directions.assign((directions * weight).astype("float32"))
+        return cca.correlations_
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -258,10 +343,13 @@ class RetrievalMetrics(keras.callbacks.Callback):
     that `History`, `CSVLogger`, TensorBoard and `EarlyStopping` see them.
 
     Args:
-        inputs: the model's inputs for the set, a dict of arrays (or a
-            dataset `model.predict` takes).
+        inputs: the model's inputs for the set: a dict of arrays, or a
+            `tf.data` dataset of batches of inputs or of `(inputs,
+            targets)` pairs, as `make_dataset(..., task="contrastive")`
+            yields (whose targets hold the ids).
         image_ids, text_ids: optional ids of the rows (several captions of
-            one image), as in `retrieval_metrics`.
+            one image), as in `retrieval_metrics`; by default those in the
+            dataset's targets.
         ks: the K of Recall@K. Default (1, 5, 10).
         prefix: prepended to each name. Default `"val_"`.
         batch_size: for `model.predict`.
@@ -289,20 +377,50 @@ class RetrievalMetrics(keras.callbacks.Callback):
         self.ks = tuple(ks)
         self.prefix = prefix
         self.batch_size = batch_size
+        self._prepared = None
 
     def on_epoch_end(self, epoch, logs=None):
         from mmzoo.metrics import retrieval_metrics
 
-        outputs = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+        inputs, image_ids, text_ids = self._prepare()
+        if hasattr(inputs, "element_spec"):
+            outputs = self.model.predict(inputs, verbose=0)
+        else:
+            outputs = self.model.predict(inputs, batch_size=self.batch_size, verbose=0)
         metrics = retrieval_metrics(
             outputs["image_embedding"],
             outputs["text_embedding"],
-            self.image_ids,
-            self.text_ids,
+            image_ids,
+            text_ids,
             self.ks,
         )
         if logs is not None:
             logs.update({self.prefix + name: value for name, value in metrics.items()})
+
+    def _prepare(self):
+        """The inputs to predict on, and the ids (read from the dataset's
+        targets once)."""
+        if self._prepared is None:
+            inputs, ids = self.inputs, {}
+            if hasattr(inputs, "element_spec") and isinstance(
+                inputs.element_spec, tuple
+            ):
+                import numpy as np
+
+                targets = [y for _, y in inputs]
+                if targets and isinstance(targets[0], dict):
+                    ids = {
+                        key: np.concatenate([np.asarray(y[key]) for y in targets])
+                        for key in ("image_ids", "text_ids")
+                        if key in targets[0]
+                    }
+                inputs = inputs.map(lambda x, y: x)
+            self._prepared = (
+                inputs,
+                ids.get("image_ids") if self.image_ids is None else self.image_ids,
+                ids.get("text_ids") if self.text_ids is None else self.text_ids,
+            )
+        return self._prepared
 
 
 def build_dual_encoder(**arguments):
@@ -519,8 +637,9 @@ def _embedding(features, name, normalize):
     if normalize:
         layer = keras.layers.UnitNormalization(axis=-1, name=name, dtype="float32")
     else:
-        # Deep CCA whitens each view itself: the embedding stays as it is.
-        layer = keras.layers.Activation("linear", name=name, dtype="float32")
+        # Deep CCA whitens each view itself: the embedding stays as it is
+        # until `fit_canonical_projection` maps it to canonical coordinates.
+        layer = CanonicalProjection(name=name, dtype="float32")
     return layer(features)
 
 

@@ -323,9 +323,10 @@ def recalibrate_batch_norm(model, inputs, batch_size=256):
     Args:
         model: a Keras model, nested models included.
         inputs: the model's inputs as arrays (a dict of them for named
-            inputs), e.g. a sample of the training set.
-        batch_size: rows per batch: large batches estimate each batch's
-            statistics well.
+            inputs), e.g. a sample of the training set, or a `tf.data`
+            dataset of batches (of inputs, or `(inputs, targets)` pairs).
+        batch_size: rows per batch of arrays: large batches estimate each
+            batch's statistics well.
 
     Returns:
         How many BatchNorm layers were recalibrated.
@@ -343,23 +344,42 @@ def recalibrate_batch_norm(model, inputs, batch_size=256):
     ]
     if not layers:
         return 0
-    arrays = inputs if isinstance(inputs, dict) else {None: inputs}
-    count = len(next(iter(arrays.values())))
-    if count == 0:
-        raise ValueError("`inputs` holds no rows to recalibrate BatchNorm with.")
     momenta = [layer.momentum for layer in layers]
+    seen = 0
     try:
-        for index, start in enumerate(range(0, count, batch_size)):
+        for index, batch in enumerate(_batches(inputs, batch_size)):
             # moving = moving * m + batch * (1 - m): m = i / (i + 1) makes
             # it the running average of the batches seen so far.
             for layer in layers:
                 layer.momentum = index / (index + 1)
-            batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
-            model(batch if None not in batch else batch[None], training=True)
+            model(batch, training=True)
+            seen += 1
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
+    if not seen:
+        raise ValueError("`inputs` holds no rows to recalibrate BatchNorm with.")
     return len(layers)
+
+
+def _batches(inputs, batch_size):
+    """The model-input batches of arrays or of a dataset of batches."""
+    if _is_dataset(inputs):
+        for element in inputs:
+            # `(features, targets)` pairs give their features.
+            yield element[0] if isinstance(element, tuple) else element
+        return
+    arrays = inputs if isinstance(inputs, dict) else {None: inputs}
+    count = len(next(iter(arrays.values())))
+    for start in range(0, count, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
+        yield batch if None not in batch else batch[None]
+
+
+def _is_dataset(value):
+    return type(value).__module__.startswith("tensorflow") and hasattr(
+        value, "element_spec"
+    )
 
 
 def _all_layers(layer):

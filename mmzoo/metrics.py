@@ -144,8 +144,9 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 
 def format_metrics(metrics) -> str:
-    """A short plain-text report of `classification_metrics` or
-    `regression_metrics` results, for logs and terminals.
+    """A short plain-text report of `classification_metrics`,
+    `regression_metrics` or `retrieval_metrics` results (with `examples`),
+    for logs and terminals.
 
     Args:
         metrics: a dict returned by `classification_metrics` or
@@ -176,6 +177,8 @@ def format_metrics(metrics) -> str:
             "`metrics` must be a dict returned by `classification_metrics` or "
             f"`regression_metrics`. Received: {_describe(metrics)}"
         )
+    if "image_to_text_median_rank" in metrics:
+        return _format_retrieval(metrics)
     if "mae" in metrics:
         headline = [
             ("MAE", metrics["mae"]),
@@ -211,6 +214,44 @@ def format_metrics(metrics) -> str:
     ]
     if "per_class" in metrics:
         lines += [""] + _per_class_table(metrics["per_class"])
+    return "\n".join(lines)
+
+
+def _format_retrieval(metrics):
+    """Recall@K and ranks as a table: one row per direction, then random."""
+    ks = sorted(
+        int(key.rsplit("@", 1)[1]) for key in metrics if key.startswith("random_R@")
+    )
+    header = [f"R@{k}" for k in ks] + ["median rank", "mean rank"]
+    rows = []
+    for direction, title in (
+        ("image_to_text", "image -> text"),
+        ("text_to_image", "text -> image"),
+    ):
+        values = [metrics[f"{direction}_R@{k}"] for k in ks]
+        ranks = [metrics[f"{direction}_median_rank"], metrics[f"{direction}_mean_rank"]]
+        rows.append(
+            [title]
+            + [_format_number(value) for value in values]
+            + [f"{rank:g}" if rank == int(rank) else f"{rank:.1f}" for rank in ranks]
+        )
+    rows.append(
+        ["random ranking"] + [_format_number(metrics[f"random_R@{k}"]) for k in ks]
+    )
+    widths = [max(len(row[0]) for row in rows)] + [
+        max([len(name)] + [len(row[i + 1]) for row in rows if len(row) > i + 1])
+        for i, name in enumerate(header)
+    ]
+    lines = [f"Examples: {metrics['examples']}", ""]
+    lines.append(
+        " " * widths[0]
+        + "".join(f"  {name:>{w}}" for name, w in zip(header, widths[1:], strict=True))
+    )
+    for row in rows:
+        cells = "".join(
+            f"  {cell:>{w}}" for cell, w in zip(row[1:], widths[1:], strict=False)
+        )
+        lines.append(f"{row[0]:<{widths[0]}}{cells}")
     return "\n".join(lines)
 
 
@@ -563,8 +604,7 @@ def retrieval_metrics(
     """Recall@K and ranks of cross-modal retrieval over a whole set.
 
     Row `i` of the two arrays is a matching pair. Every image queries all
-    the texts by cosine similarity (dot product of the embeddings, which
-    dual encoders L2-normalise) and every text queries all the images. A
+    the texts by cosine similarity and every text queries all the images. A
     retrieved item is correct when it is the query's own pair, or, with
     ids, any item of the query's id: several captions of one image
     (`image_ids`: rows showing the same image) or one caption written for
@@ -618,6 +658,10 @@ def retrieval_metrics(
             correct |= ids[:, None] == ids[None, :]
     if not all(isinstance(k, int) and k >= 1 for k in ks):
         raise ValueError(f"`ks` must be positive integers. Received: ks={ks!r}")
+    # Cosine similarity: a dual encoder's unit vectors are unchanged, and
+    # embeddings that are not normalised (Deep CCA's) are ranked alike.
+    image = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
     similarity = image @ text.T
     metrics = {}
     for direction, scores, hits in (

@@ -38,6 +38,7 @@ __all__ = [
     "image_tower",
     "list_fusions",
     "list_image_towers",
+    "list_losses",
     "list_models",
     "list_tasks",
     "list_text_towers",
@@ -489,6 +490,11 @@ def list_fusions(pattern=None):
 def list_tasks(pattern=None):
     """Names of the tasks (`build_model(task=...)`), optionally filtered."""
     return _matching(TASKS, pattern)
+
+
+def list_losses(pattern=None):
+    """Names of the losses a contrastive task trains with (`loss=`)."""
+    return _matching({name for task in TASKS.values() for name in task.losses}, pattern)
 
 
 def get_preset(name):

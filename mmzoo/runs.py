@@ -76,13 +76,24 @@ class Run:
     def resize(self):
         return self.config.get("resize", "stretch")
 
+    def check_fused(self, what):
+        """Raise `ValueError` unless the run's model is a fused one (one
+        prediction per image and text), which `what` needs."""
+        if not self.task.fused:
+            raise ValueError(
+                f"{self.directory} is a {self.task.name} run: its model is two "
+                f"encoders, not one prediction per image and text, which {what} "
+                "exports. Exporting the encoders is not available yet."
+            )
+
     def explained_model(self):
         """The model, with `modality_weights` as a second output if its
         fusion computes them (see `mmzoo.with_modality_weights`)."""
         return explained_model(self.model)
 
     def predict(self, image, text, top_k=5):
-        """Top-k labels (or values) for one image and one text; see `predict`."""
+        """Top-k labels (or values, or a similarity) for one image and one
+        text; see `predict`."""
         return predict(self, image, text, top_k)
 
 
@@ -150,11 +161,13 @@ def _check_run_model(model, path, task):
             "'text'). Load it with keras.saving.load_model, or train an mmzoo "
             "model with `mmzoo train`."
         )
-    if not isinstance(outputs, dict) or task.output_name not in outputs:
+    returned = set(outputs) if isinstance(outputs, dict) else set()
+    missing = [name for name in task.output_names if name not in returned]
+    if missing:
         raise ModelFileError(
-            f"{path!r} holds a Keras model without the {task.output_name!r} "
-            f"output that a {task.name} run reads: it returns "
-            f"{_describe(outputs)}."
+            f"{path!r} holds a Keras model without the "
+            f"{' and '.join(map(repr, missing))} output(s) that a {task.name} "
+            f"run reads: it returns {_describe(outputs)}."
         )
 
 
@@ -202,7 +215,9 @@ def predict(run, image, text, top_k=5, max_pixels=None):
     Returns:
         `{"labels": [...], "scores": [...], "modality_weights": {"image":
         w, "text": w}}` (the weights only for fusions that compute them;
-        `"predictions"` instead of labels for regression).
+        `"predictions"` instead of labels for regression; for a
+        contrastive run, `{"similarity": s}`, the cosine similarity of the
+        image's and the text's embeddings).
 
     Raises:
         FileNotFoundError: no image file at the path.
@@ -224,7 +239,8 @@ def predict(run, image, text, top_k=5, max_pixels=None):
     else:
         features["text"] = tf.constant([text])
     outputs = run.explained_model().predict_on_batch(features)
-    result = run.task.answer(np.asarray(outputs[run.output_name])[0], run.labels, top_k)
+    output = {name: np.asarray(value)[0] for name, value in outputs.items()}
+    result = run.task.answer(run.task.output_of(output), run.labels, top_k)
     if "modality_weights" in outputs:
         image_weight, text_weight = np.asarray(outputs["modality_weights"])[0]
         result["modality_weights"] = {

@@ -7,8 +7,12 @@ answers (top-k labels, thresholds, values), what an exported model returns
 and which evaluation metrics apply. The training loop, evaluation, the
 command line and both exports ask the task; none of them knows its name.
 
-The four tasks are registered in `TASKS`; a new task is a `Task` subclass
-and one entry there, and the generic tests run over it.
+The tasks are registered in `TASKS`; a new task is a `Task` subclass and
+one entry there, and the generic tests run over it. Most tasks fuse the
+image and the text into one prediction (`fused`: `mmzoo.build_model`
+builds their models); `contrastive` maps each into a shared space instead
+(`mmzoo.build_dual_encoder`), and its "targets" are which rows show the
+same image or the same text.
 
 This module imports only NumPy at import time (Keras, TensorFlow and the
 metrics are imported inside the methods that need them), so the registry
@@ -41,6 +45,13 @@ class Task:
         classes: the labels are class names, kept in a `LabelVocabulary`
             (`False`: the labels are numbers).
         multilabel: a row's label holds several classes, `|`-separated.
+        fused: the model fuses both modalities into one prediction, the
+            output `output_name` (`mmzoo.build_model`'s models).
+        needs_labels: rows need a label (a row without one is bad).
+        distinct_images: training batches are built without repeating an
+            image where the data allows (see `mmzoo.data.make_dataset`).
+        losses: the names `loss=` may choose from (empty: the task's
+            `loss` only).
 
     Example:
 
@@ -60,11 +71,39 @@ class Task:
     metrics = ()
     classes = True
     multilabel = False
+    fused = True
+    needs_labels = True
+    distinct_images = False
+    losses = ()
 
     def __repr__(self):
         return f"<Task {self.name}>"
 
     # === Model ===
+
+    @property
+    def output_names(self):
+        """The model outputs the task reads."""
+        return (self.output_name,)
+
+    def build(self, **arguments):
+        """Build the task's model: `mmzoo.build_model(task=name, ...)`."""
+        from mmzoo.builder import build_model
+
+        return build_model(task=self.name, **arguments)
+
+    def model_arguments(self, config, num_classes):
+        """The task's own `build` arguments in a training run.
+
+        Args:
+            config: the run's configuration (`mmzoo.training.config`).
+            num_classes: from the training data (`num_classes`).
+        """
+        return {
+            "fusion": config["fusion"],
+            "num_classes": num_classes,
+            "seed": config["seed"],
+        }
 
     def num_outputs(self, num_classes):
         """The output layer's width for `num_classes` (validated)."""
@@ -79,13 +118,15 @@ class Task:
         """How many class names an output of `width` units needs."""
         return width
 
-    def num_classes(self, labels, target_shape):
+    def num_classes(self, labels, target_spec):
         """`num_classes` for `build_model`, from the training data.
 
         Args:
             labels: the training data's `LabelVocabulary` (`None` when
                 `classes` is false).
-            target_shape: the shape of one batch of targets.
+            target_spec: a batch of targets, or its `tf.TensorSpec`
+                (anything with a `shape`; a dict of them for tasks whose
+                targets are several arrays).
         """
         return len(labels)
 
@@ -107,7 +148,35 @@ class Task:
             "metrics": {self.output_name: list(self.metrics)},
         }
 
+    # === Training ===
+
+    def epoch_callbacks(self, validation):
+        """Keras callbacks a training run adds for the task.
+
+        Args:
+            validation: the validation dataset (batches of `(features,
+                targets)`).
+        """
+        return []
+
+    def after_training(self, model, data):
+        """Finish a trained model on its training data (batches of
+        `(features, targets)`).
+
+        Returns:
+            What was done, one line each, for the log (empty: nothing,
+            the model is unchanged).
+        """
+        return []
+
     # === Data ===
+
+    def manifest_targets(self, manifest, rows, labels):
+        """The targets of a manifest's `rows` (indices), for `make_dataset`.
+
+        Default: `targets` of the rows' labels.
+        """
+        return self.targets([manifest.labels[i] for i in rows], labels, manifest.source)
 
     def targets(self, raw_labels, labels, source=""):
         """The target array for raw manifest labels (strings).
@@ -132,6 +201,11 @@ class Task:
         return [names[i % len(names)] for i in rng.permutation(count)]
 
     # === Answers ===
+
+    def output_of(self, outputs):
+        """What `answer`, `evaluate` and `agreement` read of a model's
+        outputs dict: the task's output, as an array."""
+        return np.asarray(outputs[self.output_name])
 
     def class_scores(self, output):
         """One score per class, `(batch, classes)`, from the model's output."""
@@ -265,6 +339,11 @@ class Binary(Task):
     def example_labels(self, count, names, seed=0):
         return super().example_labels(count, names[:2], seed)
 
+    def output_of(self, outputs):
+        """What `answer`, `evaluate` and `agreement` read of a model's
+        outputs dict: the task's output, as an array."""
+        return np.asarray(outputs[self.output_name])
+
     def class_scores(self, output):
         from keras import ops
 
@@ -300,8 +379,8 @@ class Regression(Task):
         """How many class names an output of `width` units needs."""
         return width
 
-    def num_classes(self, labels, target_shape):
-        return int(target_shape[-1])
+    def num_classes(self, labels, target_spec):
+        return int(target_spec.shape[-1])
 
     def targets(self, raw_labels, labels, source=""):
         try:
@@ -343,6 +422,136 @@ class Regression(Task):
         return regression_metrics(targets, output)
 
 
+class Contrastive(Task):
+    """An image and its text mapped close together in a shared space.
+
+    The model is a dual encoder (`mmzoo.build_dual_encoder`) trained with
+    one of `losses` on (image, text) pairs; labels are optional and unused.
+    A batch's other rows are the negatives, so the targets say which rows
+    show the same image (the same file: several captions of one picture)
+    or the same text, and the losses do not push those apart
+    (`{"image_ids", "text_ids"}`, see `mmzoo.losses`). Evaluation is
+    retrieval over the whole set (`mmzoo.metrics.retrieval_metrics`).
+    """
+
+    name = "contrastive"
+    description = "image and text into one shared space (dual encoder; no labels)"
+    output_name = "image_embedding"
+    loss = "clip"
+    classes = False
+    fused = False
+    needs_labels = False
+    distinct_images = True
+
+    @property
+    def losses(self):
+        from mmzoo.losses import LOSSES
+
+        return tuple(LOSSES)
+
+    @property
+    def output_names(self):
+        return ("image_embedding", "text_embedding")
+
+    def build(self, **arguments):
+        from mmzoo.dual_encoder import build_dual_encoder
+
+        return build_dual_encoder(**arguments)
+
+    def model_arguments(self, config, num_classes):
+        return {"loss": config.get("loss") or self.loss}
+
+    def num_outputs(self, num_classes):
+        return None
+
+    def num_classes(self, labels, target_spec):
+        return None
+
+    def compile_arguments(self, learning_rate=1e-3):
+        import keras
+
+        # The pair loss is the model's own (`DualEncoder.compute_loss`).
+        return {"optimizer": keras.optimizers.Adam(learning_rate)}
+
+    def epoch_callbacks(self, validation):
+        from mmzoo.dual_encoder import RetrievalMetrics
+
+        # Recall@K and ranks over the whole validation set, each epoch.
+        return [RetrievalMetrics(validation)]
+
+    def after_training(self, model, data):
+        from mmzoo.layers import recalibrate_batch_norm
+
+        done = []
+        # BatchNorm's moving averages, taken while the towers changed, skew
+        # inference-mode embeddings; their average over the data does not.
+        count = recalibrate_batch_norm(model, data)
+        if count:
+            done.append(f"{count} BatchNorm layer(s) recalibrated on the data")
+        if model.canonical_projections:
+            correlations = model.fit_canonical_projection(data)
+            done.append(
+                f"canonical projections fitted (linear CCA on the outputs: "
+                f"total correlation {correlations.sum():.3f})"
+            )
+        return done
+
+    def manifest_targets(self, manifest, rows, labels):
+        # Rows naming the same image file (or, in TFRecords, the same
+        # record) share an image id; rows with equal texts share a text id.
+        _, image_ids = manifest.reader.image_keys(manifest)
+        texts = {}
+        text_ids = [texts.setdefault(manifest.texts[i], len(texts)) for i in rows]
+        return {
+            "image_ids": np.asarray([image_ids[i] for i in rows], np.int64),
+            "text_ids": np.asarray(text_ids, np.int64),
+        }
+
+    def targets(self, raw_labels, labels, source=""):
+        raise TypeError(
+            "A contrastive task's targets come from the images and texts of "
+            "the rows, not from labels: use `manifest_targets`."
+        )
+
+    def output_of(self, outputs):
+        return {name: np.asarray(outputs[name]) for name in self.output_names}
+
+    def answer(self, output, labels, top_k=5):
+        image, text = output["image_embedding"], output["text_embedding"]
+        return {
+            # The cosine similarity of the embeddings (unit vectors, except
+            # Deep CCA's, which are normalised here).
+            "similarity": float(
+                np.dot(image, text)
+                / max(np.linalg.norm(image) * np.linalg.norm(text), 1e-12)
+            ),
+        }
+
+    def serving_outputs(self, output, label_names, top_k):
+        raise ValueError(
+            "A contrastive run's model is two encoders; the classification "
+            "export (one prediction per image and text) does not apply to it."
+        )
+
+    def agreement(self, first, second):
+        return None
+
+    def evaluate(self, targets, output, labels):
+        from mmzoo.metrics import retrieval_metrics
+
+        image = output["image_embedding"]
+        metrics = {"examples": int(len(image))}
+        metrics.update(
+            retrieval_metrics(
+                image,
+                output["text_embedding"],
+                targets["image_ids"],
+                targets["text_ids"],
+            )
+        )
+        return metrics
+
+
 def _index(labels, name, source):
     if name in labels:
         return labels.index(name)
@@ -356,7 +565,16 @@ def _index(labels, name, source):
 
 
 TASKS = MappingProxyType(
-    {task.name: task for task in (Multiclass(), Multilabel(), Binary(), Regression())}
+    {
+        task.name: task
+        for task in (
+            Multiclass(),
+            Multilabel(),
+            Binary(),
+            Regression(),
+            Contrastive(),
+        )
+    }
 )
 
 

@@ -268,3 +268,38 @@ def clean_manifest(folder, rows=12, fmt="csv", size=(20, 28), seed=0, labels=Non
         entries.append((name, f"is this a {label} number {index}", label, None))
     path, _ = _write(folder, entries, fmt, malformed=False)
     return path
+
+
+COLORS = ("red", "green", "blue", "yellow")
+
+
+def caption_manifest(folder, images=8, captions=2, size=(24, 24)):
+    """Image + caption pairs without labels, `captions` rows per image.
+
+    Each image is one flat colour (of `COLORS`) with noise, and its
+    captions name the colour, so a dual encoder has something to learn;
+    the first two captions of every image are the same text for images of
+    one colour ("a red picture"), the others its own.
+    """
+    folder = os.fspath(folder)
+    rng = np.random.default_rng(0)
+    rgb = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rgb["yellow"] = (230, 220, 30)
+    lines = ["image,text"]
+    for index in range(images):
+        color = COLORS[index % len(COLORS)]
+        noise = rng.integers(-20, 20, (*size, 3))
+        pixels = np.clip(np.asarray(rgb[color]) + noise, 0, 255).astype(np.uint8)
+        name = f"images/{color}_{index}.png"
+        os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+        Image.fromarray(pixels).save(os.path.join(folder, name))
+        for caption in range(captions):
+            if caption < 2:
+                text = f"a {color} picture" if caption == 0 else f"all {color}"
+            else:
+                text = f"{color} image number {index} caption {caption}"
+            lines.append(f"{name},{text}")
+    path = os.path.join(folder, "captions.csv")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    return path

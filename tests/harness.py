@@ -37,6 +37,10 @@ import mmzoo
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.tasks import get_task
 
+# The tasks whose models fuse both modalities (`build_model`); the others
+# (contrastive: a dual encoder) have tests of their own.
+FUSED_TASKS = sorted(name for name, task in mmzoo.registry.TASKS.items() if task.fused)
+
 # Sizes small enough to build and step every zoo combination quickly.
 TINY = {
     "num_classes": 3,
@@ -91,7 +95,7 @@ def task_batch(task, batch=8, seed=0, **sizes):
     raw = task.example_labels(batch, LABEL_NAMES, seed)
     labels = LabelVocabulary.fit(raw, task.multilabel) if task.classes else None
     targets = task.targets(raw, labels)
-    num_classes = task.num_classes(labels, targets.shape)
+    num_classes = task.num_classes(labels, targets)
     # Examples with the same target share a signal value: their tokens and
     # their brightness.
     _, signal = np.unique(targets.reshape(batch, -1), axis=0, return_inverse=True)

@@ -284,41 +284,24 @@ def test_unknown_labels_are_reported_against_a_vocabulary(clean, tmp_path):
     assert "'triangle'" in report.problems[0].detail
 
 
-def test_data_check_command(messy, clean):
+def test_data_check_command(messy, clean, capsys):
+    # In this process: the command is `mmzoo.cli.main` (test_training.py
+    # runs the installed entry point in processes of their own).
+    from mmzoo import cli
+
     path, expected = messy
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmzoo.cli",
-            "data",
-            "check",
-            path,
-            "--max-pixels",
-            str(MAX_PIXELS),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 1, result.stderr
-    lines = result.stdout.strip().splitlines()
+    status = cli.main(["data", "check", path, "--max-pixels", str(MAX_PIXELS)])
+    assert status == 1
+    lines = capsys.readouterr().out.strip().splitlines()
     for line, reason in expected.items():
         if line != "good":
             assert any(f":{line}: {reason}:" in text for text in lines), line
     assert "20 good, 13 bad" in lines[-1]
-    result = subprocess.run(
-        [sys.executable, "-m", "mmzoo.cli", "data", "check", clean],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "12 good, 0 bad" in result.stdout
-    result = subprocess.run(
-        [sys.executable, "-m", "mmzoo.cli", "data", "check", "/no/such.csv"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2 and "not found" in result.stderr
+    assert cli.main(["data", "check", clean]) == 0
+    assert "12 good, 0 bad" in capsys.readouterr().out
+    assert cli.main(["data", "check", "/no/such.csv"]) == 2
+    error = capsys.readouterr().err
+    assert "not found" in error and "Traceback" not in error
 
 
 # --- make_dataset -------------------------------------------------------------

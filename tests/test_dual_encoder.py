@@ -173,6 +173,34 @@ def test_deep_cca_trains_on_unnormalised_embeddings():
     assert -4 <= losses[-1] < 0  # minus the sum of the top 4 correlations
 
 
+def test_deep_cca_ends_with_linear_cca_on_its_outputs():
+    from mmzoo.cca import LinearCCA
+
+    model = build_dual_encoder(loss="dcca", **SIZES)
+    inputs, _ = paired_batch(96)
+    model.fit(inputs, batch_size=96, epochs=2, verbose=0)
+    raw = model.predict(inputs, verbose=0)
+    correlations = model.fit_canonical_projection(inputs)
+    projected = model.predict(inputs, verbose=0)
+
+    # The projection is LinearCCA's, each component scaled by its correlation.
+    cca = LinearCCA(16, r1=1e-3, r2=1e-3).fit(
+        raw["image_embedding"], raw["text_embedding"]
+    )
+    np.testing.assert_allclose(correlations, cca.correlations_, rtol=1e-6)
+    image, text = cca.transform(raw["image_embedding"], raw["text_embedding"])
+    np.testing.assert_allclose(
+        projected["image_embedding"], image * correlations, rtol=1e-3, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        projected["text_embedding"], text * correlations, rtol=1e-3, atol=1e-3
+    )
+    # Fitting again starts from the raw outputs, not the projected ones.
+    np.testing.assert_allclose(model.fit_canonical_projection(inputs), correlations)
+    with pytest.raises(ValueError, match="no canonical projections"):
+        build_dual_encoder(**SIZES).fit_canonical_projection(inputs)
+
+
 def test_a_loss_given_to_compile_replaces_the_models():
     from mmzoo.losses import MarginLoss
 

@@ -582,10 +582,9 @@ def test_retrieval_metrics_match_a_sort_of_every_query(with_ids):
     from mmzoo.metrics import retrieval_metrics
 
     rng = np.random.default_rng(0)
-    image = rng.normal(size=(40, 6))
-    text = image + rng.normal(scale=1.5, size=(40, 6))
-    # Rounded so that ties happen.
-    image, text = np.round(image, 1), np.round(text, 1)
+    # Rows drawn from a pool, so that equal rows make ties.
+    image = rng.normal(size=(25, 6))[rng.integers(0, 25, 40)]
+    text = rng.normal(size=(30, 6))[rng.integers(0, 30, 40)] + image
     image_ids = rng.integers(0, 25, 40) if with_ids else None
     text_ids = rng.integers(0, 30, 40) if with_ids else None
     metrics = retrieval_metrics(image, text, image_ids, text_ids, ks=(1, 5, 10))
@@ -593,7 +592,16 @@ def test_retrieval_metrics_match_a_sort_of_every_query(with_ids):
     if with_ids:
         correct |= image_ids[:, None] == image_ids[None, :]
         correct |= text_ids[:, None] == text_ids[None, :]
-    similarity = image @ text.T
+    # Cosine similarity: the rows' lengths do not count (powers of two keep
+    # the normalised rows, and so the ties, exact).
+    lengths = rng.choice([0.25, 0.5, 2.0, 8.0], (40, 1))
+    scaled = retrieval_metrics(image * lengths, text, image_ids, text_ids, (1, 5, 10))
+    assert scaled == pytest.approx(metrics)
+    unit_image = image / np.linalg.norm(image, axis=1, keepdims=True)
+    unit_text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    similarity = unit_image @ unit_text.T
+    # The pool makes ties, which count against the query.
+    assert sum(len(row) - len(np.unique(row)) for row in similarity) > 0
     for direction, scores, hits in (
         ("image_to_text", similarity, correct),
         ("text_to_image", similarity.T, correct.T),

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from harness import FUSED_TASKS
 from harness import run_export_test
 
 import mmzoo
-from mmzoo import registry
 from mmzoo.data.sources import read_manifest
 from mmzoo.runs import load_run
 from mmzoo.runs import predict
@@ -115,7 +115,7 @@ def test_cli_train_evaluate_predict(manifest, tmp_path):
     assert sum(weights) == pytest.approx(1.0, abs=2e-3)
 
 
-@pytest.mark.parametrize("task", sorted(registry.TASKS))
+@pytest.mark.parametrize("task", FUSED_TASKS)
 def test_every_task_trains_evaluates_predicts_and_exports(task, tmp_path):
     task = mmzoo.get_task(task)
     raw = task.example_labels(12, data_fixtures.LABELS, seed=1)

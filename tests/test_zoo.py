@@ -6,6 +6,7 @@ import inspect
 
 import numpy as np
 import pytest
+from harness import FUSED_TASKS
 from harness import TINY
 from harness import assert_saving_round_trip
 from harness import assert_step_lowers_loss
@@ -45,7 +46,7 @@ def _fusion_layer_type(model):
 # === Every fusion x every task, used as plain Keras ===
 
 
-@pytest.mark.parametrize("task", sorted(registry.TASKS))
+@pytest.mark.parametrize("task", FUSED_TASKS)
 @pytest.mark.parametrize("fusion", sorted(registry.FUSIONS))
 def test_fusion_by_task_in_plain_keras(fusion, task, tmp_path):
     model = run_model_test(tmp_path, fusion=fusion, task=task)
@@ -270,14 +271,21 @@ def test_listing_reads_the_registry():
         "resnet50v2",
     ]
     assert mmzoo.list_fusions("*only") == ["image_only", "text_only"]
-    assert mmzoo.list_tasks() == ["binary", "multiclass", "multilabel", "regression"]
+    assert mmzoo.list_tasks() == [
+        "binary",
+        "contrastive",
+        "multiclass",
+        "multilabel",
+        "regression",
+    ]
+    assert mmzoo.registry.list_losses("*clip") == ["clip", "soft_clip"]
     assert "film" in mmzoo.list_fusions()
 
 
 # === Heads ===
 
 
-@pytest.mark.parametrize("task", sorted(registry.TASKS))
+@pytest.mark.parametrize("task", FUSED_TASKS)
 def test_heads(task):
     task_object = mmzoo.get_task(task)
     inputs, targets, _, num_classes = task_batch(task, batch=4)
@@ -326,8 +334,13 @@ def test_list_command_reads_the_registry(capsys):
 
     assert cli.main(["list", "tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "Tasks (build_model(task=...)): 4"
-    assert [line.split()[0] for line in lines[1:5]] == mmzoo.list_tasks()
+    assert lines[0] == "Tasks (build_model(task=...)): 5"
+    assert [line.split()[0] for line in lines[1:6]] == mmzoo.list_tasks()
+    assert cli.main(["list", "losses"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed_losses = [line.split()[0] for line in lines[1:] if line]
+    assert listed_losses == sorted(mmzoo.losses.LOSSES)
+    assert "Deep CCA" in lines[1 + sorted(mmzoo.losses.LOSSES).index("dcca")]
     assert cli.main(["list", "fusions", "--pattern", "*only"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed[1:3]] == ["image_only", "text_only"]

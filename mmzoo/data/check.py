@@ -147,6 +147,7 @@ def check_manifest(
     columns=None,
     progress=False,
     strict=False,
+    needs_labels=None,
 ):
     """Find every bad row of a manifest, with its line and reason.
 
@@ -168,6 +169,9 @@ def check_manifest(
             file decodes "successfully" to garbage pixels, TensorFlow
             printing only an anonymous warning; here it is
             `undecodable_image`, with its line and file.
+        needs_labels: a row without a label is bad. `None`: when any row
+            has one (a manifest without labels, for a contrastive task, is
+            checked as such); `False`: labels are not read at all.
 
     Returns:
         A `DataReport`.
@@ -190,11 +194,13 @@ def check_manifest(
             f"Received: max_pixels={max_pixels!r}"
         )
 
+    if needs_labels is None:
+        needs_labels = any(label is not None for label in manifest.labels)
     problems = list(manifest.problems)
     bad = set()
     for index in range(len(manifest)):
-        found = row_problems(manifest, index)
-        if labels is not None and manifest.labels[index] is not None:
+        found = row_problems(manifest, index, needs_labels)
+        if needs_labels and labels is not None and manifest.labels[index] is not None:
             unknown = labels.unknown(manifest.labels[index], multilabel)
             if unknown:
                 found.append(

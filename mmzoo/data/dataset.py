@@ -186,12 +186,17 @@ def make_dataset(
         labels = LabelVocabulary.fit(
             (manifest.labels[i] for i in good), multilabel=task.multilabel
         )
-    targets = _targets(task, [manifest.labels[i] for i in good], labels, report)
+    targets = _targets(task, manifest, good, labels, report)
     texts = tf.constant([manifest.texts[i].encode("utf-8") for i in good], tf.string)
-    targets = tf.constant(targets)
+    # A dict for a contrastive task (the rows' image and text ids).
+    targets = tf.nest.map_structure(tf.constant, targets)
+    groups = None
+    if task.distinct_images and not manifest.reader.images_inside:
+        groups = targets["image_ids"]
 
     def example(position, image):
-        return image, tf.gather(texts, position), tf.gather(targets, position)
+        target = tf.nest.map_structure(lambda t: tf.gather(t, position), targets)
+        return image, tf.gather(texts, position), target
 
     def load(contents):
         return image_lib.load_image(contents, image_size, resize)
@@ -216,6 +221,7 @@ def make_dataset(
             seed,
             epoch,
             input_context,
+            groups,
         )
         if memory_cache:
             dataset = _cached_elements(positions, report, example, num_parallel_calls)
@@ -304,10 +310,20 @@ def _checked_report(
     Raises `DataError` for labels outside `labels` (with
     `unknown_labels="error"`) and for more bad rows than `max_bad_fraction`.
     """
+    if task.needs_labels and all(label is None for label in manifest.labels):
+        raise DataError(
+            f"{manifest.source}: no row has a label (is the `label` column "
+            f"missing?); a {task.name} task needs one per row. Only "
+            "task='contrastive' trains without labels."
+        )
     # Labels mapped to [UNK] are not bad rows, and numbers have no vocabulary.
     check_labels = labels if task.classes and unknown_labels != "unknown" else None
     report = check_manifest(
-        manifest, labels=check_labels, multilabel=task.multilabel, **check_arguments
+        manifest,
+        labels=check_labels,
+        multilabel=task.multilabel,
+        needs_labels=task.needs_labels,
+        **check_arguments,
     )
     if unknown_labels == "error" and "unknown_label" in report.counts:
         unknown = [p for p in report.problems if p.reason == "unknown_label"]
@@ -321,10 +337,10 @@ def _checked_report(
     return report
 
 
-def _targets(task, raw_labels, labels, report):
-    """The task's target array for the good rows' raw labels."""
+def _targets(task, manifest, rows, labels, report):
+    """The task's targets (an array, or a dict of them) for the good rows."""
     try:
-        return task.targets(raw_labels, labels, report.source)
+        return task.manifest_targets(manifest, rows, labels)
     except TargetError as error:
         # Every data problem reaches make_dataset's callers as a DataError.
         raise DataError(str(error)) from None
@@ -333,11 +349,16 @@ def _targets(task, raw_labels, labels, report):
 # === Elements: (image, text, target) by where the images are ===
 
 
-def _positions(count, shuffle, seed, epoch, input_context):
-    """This pipeline's positions among the good rows, in an epoch's order."""
-    if shuffle and epoch is not None:
+def _positions(count, shuffle, seed, epoch, input_context, groups=None):
+    """This pipeline's positions among the good rows, in an epoch's order.
+
+    `groups` (one image id per row): order each epoch in rounds, so that
+    a batch repeats no image where the data allows (`_in_rounds`).
+    """
+    if shuffle and (epoch is not None or groups is not None):
         # Every worker draws the same permutation, then takes its shard.
-        return _shard(_epoch_permutation(count, seed, epoch), input_context)
+        order = _epoch_permutation(count, seed, epoch, groups)
+        return _shard(order, input_context)
     dataset = _shard(tf.data.Dataset.range(count), input_context)
     if shuffle:
         dataset = dataset.shuffle(count, seed=seed)
@@ -468,21 +489,55 @@ def _per_epoch(make, epoch):
     )
 
 
-def _epoch_permutation(count, seed, epoch):
+def _epoch_permutation(count, seed, epoch, groups=None):
     """Positions 0..count-1 in an order that depends on (seed, epoch) only.
 
     `Dataset.shuffle` takes its seed as a Python value, hence a stateless
-    shuffle of the positions, drawn when each epoch starts.
+    shuffle of the positions, drawn when each epoch starts. Without an
+    `epoch` variable, each iteration draws its own order. With `groups`,
+    the shuffled positions are then put in rounds (`_in_rounds`).
     """
-    return _per_epoch(
-        lambda value: tf.data.Dataset.from_tensor_slices(
-            tf.random.experimental.stateless_shuffle(
-                tf.range(count, dtype=tf.int64),
-                seed=tf.stack([tf.constant(seed, tf.int64), value]),
-            )
-        ),
-        epoch,
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+
+    def permutation(value):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64),
+            seed=tf.stack([tf.constant(seed, tf.int64), value]),
+        )
+        if groups is not None:
+            order = _in_rounds(order, groups)
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    if epoch is None:
+        # A new draw at each iteration, as `Dataset.shuffle` would.
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        return draws.take(1).flat_map(permutation)
+    return _per_epoch(permutation, epoch)
+
+
+def _in_rounds(order, groups):
+    """`order` rearranged in rounds holding each group (image) at most once.
+
+    Round r holds the r-th row of every image with more than r rows, in
+    the order of `order`, so consecutive rows, and so a batch, repeat an
+    image only where a batch straddles two rounds, or where few images
+    have many rows. Several captions per image are the rule in caption
+    data, and a contrastive loss gains nothing from a batch that shows one
+    image twice (the duplicate is masked, not a negative).
+    """
+    count = tf.shape(order, out_type=tf.int64)[0]
+    group = tf.gather(groups, order)
+    # Rows of one group together, each group's in the order given.
+    by_group = tf.argsort(group, stable=True)
+    sorted_group = tf.gather(group, by_group)
+    index = tf.range(count)
+    first = tf.math.unsorted_segment_min(index, sorted_group, tf.reduce_max(groups) + 1)
+    # How many rows of its group come before each row: its round.
+    rounds = tf.scatter_nd(
+        by_group[:, None], index - tf.gather(first, sorted_group), [count]
     )
+    return tf.gather(order, tf.argsort(rounds * count + index, stable=True))
 
 
 def _random_pairs(seed, epoch):

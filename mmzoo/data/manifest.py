@@ -162,16 +162,24 @@ class Manifest:
         )
 
 
-def row_problems(manifest, index):
-    """Problems with a row's own fields (not its image file)."""
+def row_problems(manifest, index, needs_label=True):
+    """Problems with a row's own fields (not its image file).
+
+    Args:
+        manifest: a `Manifest`.
+        index: the row.
+        needs_label: a row without a label is bad (`False`: a label is
+            optional, as for a contrastive task, and not read).
+    """
     line, source = manifest.lines[index], manifest.source
     problems = []
     # Where images travel inside the records, rows have no image column.
     image = "" if manifest.reader.images_inside else manifest.images[index]
+    label = manifest.labels[index] if needs_label else ""
     for column, value in (
         ("image", image),
         ("text", manifest.texts[index]),
-        ("label", manifest.labels[index]),
+        ("label", label),
     ):
         if value is None:
             problems.append(
@@ -185,7 +193,7 @@ def row_problems(manifest, index):
             problems.append(Problem(line, "empty_text", f"text {text!r}", source))
     # A label or path with undecodable bytes would pass until something
     # writes it out as UTF-8 (labels.txt, a report).
-    label = manifest.labels[index]
+    label = manifest.labels[index] if needs_label else None
     if label is not None and not is_valid_utf8(label):
         problems.append(_utf8_problem(line, "label", label, source))
     elif label is not None and ("\n" in label or "\r" in label):

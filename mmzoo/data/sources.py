@@ -41,7 +41,8 @@ from mmzoo.data.manifest import Problem
 RECORD_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "text": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.string),
+    # Unlabelled rows (a contrastive task's) are written with an empty label.
+    "label": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "line": tf.io.FixedLenFeature([], tf.int64),
 }
 
@@ -222,12 +223,12 @@ class CsvReader(_ImageFilesReader):
                 # stray quote must not take good rows with it.
                 records.refuse(line, end)
                 continue
-            values = {c: row[positions[c]] for c in COLUMNS}
+            values = {c: row[positions[c]] for c in positions}
             manifest.append(
                 line,
                 _resolve(folder, values["image"].strip()),
                 values["text"],
-                values["label"].strip() or None,
+                values.get("label", "").strip() or None,
             )
         if header is None:
             raise ManifestError(f"{path}: the manifest is empty (no header row).")
@@ -241,14 +242,18 @@ def _csv_header(path, columns, line, end, problem, row):
     if problem is not None:
         raise ManifestError(f"{path}:{line}: the header row is not CSV: {problem}.")
     header = [name.strip() for name in row]
-    missing = [columns[c] for c in COLUMNS if columns[c] not in header]
+    # The label column is optional: a contrastive task reads none, and a
+    # task that needs labels says so when it finds none (`make_dataset`).
+    missing = [columns[c] for c in COLUMNS if columns[c] not in header and c != "label"]
     if missing:
         raise ManifestError(
             f"{path}:{line}: the header lacks the column(s) "
             f"{missing}. Columns found: {header}. mmzoo reads "
             f"{list(COLUMNS)} (rename them with `columns=`)."
         )
-    return header, {c: header.index(columns[c]) for c in COLUMNS}
+    return header, {
+        c: header.index(columns[c]) for c in COLUMNS if columns[c] in header
+    }
 
 
 def _csv_row_problem(row, header, positions, columns, line, end):
@@ -263,6 +268,8 @@ def _csv_row_problem(row, header, positions, columns, line, end):
         return f"{len(row)} fields where the header has {len(header)}{spans}"
     if end > line:
         for column in ("image", "label"):
+            if column not in positions:
+                continue
             value = row[positions[column]]
             if "\n" in value or "\r" in value:
                 return f"a line break in the `{columns[column]}` field{spans}"

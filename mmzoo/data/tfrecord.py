@@ -94,7 +94,7 @@ def write_tfrecords(source, out_dir, num_shards=None, **check_arguments):
                     {
                         "image": image,
                         "text": manifest.texts[index].encode("utf-8"),
-                        "label": manifest.labels[index].encode("utf-8"),
+                        "label": (manifest.labels[index] or "").encode("utf-8"),
                         "line": manifest.lines[index],
                     }
                 )

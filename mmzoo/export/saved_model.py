@@ -676,6 +676,7 @@ def export_saved_model(
     """
     if not isinstance(run, Run):
         run = load_run(run)
+    run.check_fused("export_saved_model")
     name = _default_name(run) if name is None else name
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise ValueError(

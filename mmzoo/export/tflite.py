@@ -510,6 +510,7 @@ def export_tflite(
     if not path.endswith(".tflite"):
         raise ValueError(f"`path` must end with '.tflite'. Received: path={path!r}")
     run = _as_run(run)
+    run.check_fused("export_tflite")
     if run.tokenizer is None and "tokens" in run.model.input:
         raise ExportError(f"{run.directory} has no tokenizer for the `tokens` input.")
     _check_convertible(run.model)

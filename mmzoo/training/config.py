@@ -45,7 +45,11 @@ DEFAULTS = {
     "freeze_image_tower": False,
     "text_preset": None,
     "hub_handle": None,
-    # Any other `mmzoo.build_model` argument, e.g. {"image_filters": [16, 32]}.
+    # A contrastive task's loss (`mmzoo.losses.LOSSES`); default "clip".
+    "loss": None,
+    # Any other argument of the task's builder (`mmzoo.build_model`, or
+    # `mmzoo.build_dual_encoder` for task "contrastive"), e.g.
+    # {"image_filters": [16, 32]} or {"embed_dim": 64}.
     "model": {},
     # Training.
     "epochs": 10,
@@ -147,6 +151,15 @@ def validate(config):
         raise ConfigError("`train` (a training manifest) is required.", "train")
     if config["out"] is None:
         raise ConfigError("`out` (the run folder) is required.", "out")
+    task = TASKS[config["task"]]
+    if config["loss"] is not None and config["loss"] not in task.losses:
+        users = sorted(name for name, spec in TASKS.items() if spec.losses)
+        raise ConfigError(
+            f"`loss` chooses the loss of task {' or '.join(map(repr, users))}; "
+            f"task={task.name!r} trains with {task.loss!r}. Received: "
+            f"loss={config['loss']!r}",
+            "loss",
+        )
     if config["image_weights"] in _NO_WEIGHTS:
         config["image_weights"] = None
     takes = set(registry.text_tower(config["text_tower"]).arguments.values())
@@ -280,6 +293,14 @@ def check_value(key, value):
             )
         if value is not None and not os.path.exists(value):
             raise ConfigError(f"`{key}`: manifest not found: {os.fspath(value)!r}", key)
+    elif key == "loss":
+        if value is None:
+            return
+        names = sorted({name for task in TASKS.values() for name in task.losses})
+        try:
+            check_choice(key, value, names)
+        except ValueError as error:
+            raise ConfigError(str(error), key) from None
     elif key == "image_weights":
         if value is None or value in _NO_WEIGHTS or value == "imagenet":
             return

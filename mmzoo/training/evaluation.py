@@ -1,7 +1,8 @@
 """Evaluation: a trained model's metrics on a dataset or a manifest.
 
 Which metrics apply is the task's business (`Task.evaluate`): accuracy,
-F1 and a confusion matrix for classification, MAE/MSE/R² for regression.
+F1 and a confusion matrix for classification, MAE/MSE/R² for regression,
+Recall@K and ranks both ways for contrastive runs.
 """
 
 import json
@@ -28,10 +29,16 @@ def evaluate_dataset(model, dataset, labels, task):
     Returns:
         The metrics dict (see `mmzoo.metrics`).
     """
+    import tensorflow as tf
+
     task = get_task(task)
-    targets = np.concatenate([np.asarray(y) for _, y in dataset])
+    batches = [y for _, y in dataset]
+    # Targets may be a dict (a contrastive task's image and text ids).
+    targets = tf.nest.map_structure(
+        lambda *parts: np.concatenate([np.asarray(part) for part in parts]), *batches
+    )
     outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    return task.evaluate(targets, np.asarray(outputs[task.output_name]), labels)
+    return task.evaluate(targets, task.output_of(outputs), labels)
 
 
 def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):

@@ -267,12 +267,13 @@ def _fit_tokenizer(config, resume):
         )
     else:
         manifest = read_manifest(config["train"], config["columns"])
+        needs_label = get_task(config["task"]).needs_labels
         # Texts of rows that will be used (a bad image is found later; its
         # text still counts, which changes nothing that matters).
         texts = [
             manifest.texts[i]
             for i in range(len(manifest))
-            if not row_problems(manifest, i)
+            if not row_problems(manifest, i, needs_label)
         ]
         tokenizer = tokenizers.WordTokenizer.fit(
             texts, max_vocab_size=config["vocab_size"], max_tokens=config["max_tokens"]
@@ -342,7 +343,7 @@ def _train(config, resume, verbose, callbacks, progress):
 
     task = get_task(config["task"])
     with strategy.scope():
-        num_classes = task.num_classes(labels, train_data.element_spec[1].shape)
+        num_classes = task.num_classes(labels, train_data.element_spec[1])
         model = _build(config, tokenizer, num_classes)
         arguments = task.compile_arguments(config["lr"])
         if config["lr_schedule"] == "cosine":
@@ -359,19 +360,33 @@ def _train(config, resume, verbose, callbacks, progress):
         _fit_multiworker(config, model, strategy, tokenizer, labels, epoch, progress)
     else:
         history_callbacks = _callbacks(config, resume, epoch, "val" in evaluation)
+        if "val" in evaluation:
+            # First: the callbacks after it log what it adds.
+            history_callbacks[:0] = task.epoch_callbacks(evaluation["val"])
         model.fit(
             train_data,
             validation_data=evaluation.get("val"),
             epochs=config["epochs"],
             callbacks=[*history_callbacks, progress, *callbacks],
             verbose=_verbosity(verbose),
+            # The pipeline orders each epoch itself (`make_dataset`).
+            shuffle=False,
         )
     seconds = time.perf_counter() - start
+    best_path = os.path.join(out, runs.BEST)
+    best = mmzoo.load_model(best_path) if os.path.isfile(best_path) else model
+    # E.g. BatchNorm statistics over the whole training set (contrastive).
+    for done in task.after_training(model, train_data):
+        logger.info("Final model: %s", done)
+    if best is not model:
+        finished = task.after_training(best, train_data)
+        for done in finished:
+            logger.info("Best model: %s", done)
+        if finished:
+            best.save(best_path)
     model.save(os.path.join(out, runs.MODEL))
     shutil.rmtree(os.path.join(out, runs.BACKUP), ignore_errors=True)
 
-    best_path = os.path.join(out, runs.BEST)
-    best = mmzoo.load_model(best_path) if os.path.isfile(best_path) else model
     metrics = {"parameters": parameters, "train_seconds": round(seconds, 2)}
     for split, dataset in evaluation.items():
         metrics[split] = evaluate_dataset(best, dataset, labels, task)
@@ -389,18 +404,16 @@ def _train(config, resume, verbose, callbacks, progress):
 
 
 def _build(config, tokenizer, num_classes):
+    task = get_task(config["task"])
     arguments = dict(
         image_tower=config["image_tower"],
         text_tower=config["text_tower"],
-        fusion=config["fusion"],
-        task=config["task"],
-        num_classes=num_classes,
         image_size=config["image_size"],
         max_tokens=config["max_tokens"],
         image_weights=config["image_weights"],
         freeze_image_tower=config["freeze_image_tower"],
-        seed=config["seed"],
         compile=False,
+        **task.model_arguments(config, num_classes),
     )
     if registry.text_tower(config["text_tower"]).tokenizer == "word":
         # The tower's embedding has a row per id the fitted tokenizer makes.
@@ -410,7 +423,7 @@ def _build(config, tokenizer, num_classes):
     if config["hub_handle"]:
         arguments["hub_handle"] = config["hub_handle"]
     arguments.update(config["model"])
-    return mmzoo.build_model(**arguments)
+    return task.build(**arguments)
 
 
 def _callbacks(config, resume, epoch, has_validation):
