@@ -161,7 +161,14 @@ def _predict(args):
         for label, score in zip(result["labels"], result["scores"], strict=True):
             print(f"{score:8.4f}  {label}")
     elif "similarity" in result:
-        print(f"similarity: {result['similarity']:.4f}")
+        line = f"similarity: {result['similarity']:.4f}"
+        if "match" in result:
+            verdict = "a match" if result["match"] else "no match"
+            line += (
+                f" ({verdict}: the threshold chosen on the validation set is "
+                f"{result['match_threshold']:.4f})"
+            )
+        print(line)
     else:
         print("predictions:", result["predictions"])
     if "modality_weights" in result:
@@ -203,6 +210,101 @@ def _export(args):
             f"TFLite ({report['quantize']}) written to {report['path']}: "
             f"{report['bytes']:,} bytes, {report['size_ratio']:.2f}x float32"
         )
+    return 0
+
+
+def _index(args):
+    from mmzoo import retrieval
+    from mmzoo.runs import load_run
+
+    _configure_logging()
+    run = load_run(args.model)
+    modalities = retrieval.MODALITIES if args.modality == "both" else [args.modality]
+    for modality in modalities:
+        out = args.out
+        if args.modality == "both":
+            out = os.path.join(args.out, modality)
+        existing = None
+        if args.append and os.path.exists(out):
+            existing = retrieval.load_index(out)
+            retrieval.check_fingerprint(existing, run)
+        elif os.path.exists(out) and os.listdir(out):
+            raise retrieval.RetrievalError(
+                f"{out!r} is not empty: pass --append to add to the index there, "
+                "or choose another --out."
+            )
+        index, report = retrieval.build_index(
+            run,
+            args.data,
+            modality,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            base=existing.info.get("base") if existing is not None else None,
+        )
+        if existing is not None:
+            if existing.modality != modality or existing.dtype != index.dtype:
+                raise retrieval.RetrievalError(
+                    f"{out} holds {existing.dtype} {existing.modality} embeddings; "
+                    f"cannot append {index.dtype} {modality} ones."
+                )
+            existing.add(index.embeddings, index.ids, index.items)
+            index = existing
+        index.save(out)
+        skipped = f" ({report.num_bad:,} bad rows skipped)" if report.num_bad else ""
+        print(f"{modality} index: {len(index):,} rows{skipped} -> {out}")
+    return 0
+
+
+def _search(args):
+    from mmzoo import retrieval
+    from mmzoo.runs import load_run
+
+    indexes = retrieval.load_indexes(args.index)
+    first = next(iter(indexes.values()))
+    run = load_run(args.model or first.info.get("run", ""))
+    if args.text is not None:
+        query = retrieval.embed_texts(run, [args.text])
+    else:
+        query = retrieval.embed_images(run, [args.image])
+    for modality, index in indexes.items():
+        retrieval.check_fingerprint(index, run)
+        results = index.search(query, args.k, backend=args.backend)
+        kind = "text" if args.text is not None else "image"
+        print(f"{kind} -> {modality}: top {results.rows.shape[1]} of {len(index):,}")
+        for rank, (item, score) in enumerate(
+            zip(results.items[0], results.scores[0], strict=True), start=1
+        ):
+            where = item.get("text") if modality == "text" else item.get("path", "")
+            print(f"{rank:4d}  {score:7.4f}  {item['id']}  {where!r}")
+    return 0
+
+
+def _zero_shot(args):
+    import json
+
+    from mmzoo.metrics import format_metrics
+    from mmzoo.retrieval import DEFAULT_TEMPLATES
+    from mmzoo.retrieval import zero_shot_evaluate
+    from mmzoo.runs import load_run
+
+    _configure_logging()
+    run = load_run(args.model)
+    labels = None
+    if args.labels:
+        with open(args.labels, encoding="utf-8") as file:
+            labels = [line.strip() for line in file if line.strip()]
+    metrics = zero_shot_evaluate(
+        run, args.data, args.template or DEFAULT_TEMPLATES, labels, args.batch_size
+    )
+    metrics["data"] = os.path.abspath(args.data)
+    out = args.out
+    if out is None:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(args.data)))[0]
+        out = os.path.join(run.directory, f"zero_shot_{stem}.json")
+    with open(out, "w", encoding="utf-8") as file:
+        json.dump(metrics, file, indent=2)
+    print(format_metrics(metrics))
+    print(f"\nMetrics written to {out}")
     return 0
 
 
@@ -349,6 +451,16 @@ _FOLDER = _flag_type("a folder path", str, _folder)
 _SERVING_FOLDER = _flag_type("a folder path", str, _serving_folder)
 
 
+def _template(value):
+    if "{label}" not in value:
+        example = "'a photo of a {label}'"
+        return f"must hold '{{label}}', e.g. {example}. Received: {value!r}"
+    return None
+
+
+_TEMPLATE = _flag_type("a prompt template", str, _template)
+
+
 def _add_train_arguments(parser):
     from mmzoo.training.config import STRATEGIES
 
@@ -440,6 +552,7 @@ def build_parser():
         _add_evaluate_command,
         _add_predict_command,
         _add_export_command,
+        _add_retrieval_commands,
         _add_demo_command,
     ):
         add_command(commands)
@@ -612,6 +725,74 @@ def _add_export_command(commands):
         help="int8 calibration manifest (default: the run's training data)",
     )
     export.set_defaults(run=_export)
+
+
+def _add_retrieval_commands(commands):
+    from mmzoo.retrieval import BACKENDS
+    from mmzoo.retrieval import DTYPES
+
+    run_help = "a contrastive run folder (mmzoo train --task contrastive)"
+    indexing = commands.add_parser(
+        "index",
+        help="embed a manifest's images or texts into a search index",
+        description="Embed the images (each once) or the texts of a manifest "
+        "with a contrastive run and write an index folder for `mmzoo search`.",
+    )
+    indexing.add_argument("model", type=_PATH, help=run_help)
+    indexing.add_argument("--data", type=_PATH, required=True, metavar="M")
+    indexing.add_argument("--out", type=_FOLDER, required=True, metavar="INDEX")
+    indexing.add_argument(
+        "--modality",
+        choices=("image", "text", "both"),
+        default="image",
+        help="both: INDEX/image and INDEX/text",
+    )
+    indexing.add_argument("--dtype", choices=DTYPES, default="float32")
+    indexing.add_argument(
+        "--batch-size", type=_config_flag("batch_size", int), default=64
+    )
+    indexing.add_argument(
+        "--append", action="store_true", help="add to the index in --out"
+    )
+    indexing.set_defaults(run=_index)
+
+    search = commands.add_parser(
+        "search", help="the items of an index nearest a text or an image"
+    )
+    search.add_argument("index", type=_PATH, help="an index folder (mmzoo index)")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image", type=_FILE, help="an image file")
+    search.add_argument("-k", type=_INTEGER, default=10, help="results (default 10)")
+    search.add_argument(
+        "--model", type=_PATH, help="the run (default: the one that built the index)"
+    )
+    search.add_argument("--backend", choices=BACKENDS, default="exact")
+    search.set_defaults(run=_search)
+
+    zero_shot = commands.add_parser(
+        "zero-shot",
+        help="classify a labelled manifest's images by label prompts, untrained",
+    )
+    zero_shot.add_argument("model", type=_PATH, help=run_help)
+    zero_shot.add_argument("--data", type=_PATH, required=True, metavar="M")
+    zero_shot.add_argument(
+        "--template",
+        action="append",
+        type=_TEMPLATE,
+        help="a prompt holding {label}; repeat to average several "
+        "(default: 'a photo of a {label}', 'a {label}', '{label}')",
+    )
+    zero_shot.add_argument(
+        "--labels", type=_FILE, help="class names, one per line (default: the data's)"
+    )
+    zero_shot.add_argument(
+        "--out", type=_NEW_FILE, help="metrics JSON (default: in the run folder)"
+    )
+    zero_shot.add_argument(
+        "--batch-size", type=_config_flag("batch_size", int), default=64
+    )
+    zero_shot.set_defaults(run=_zero_shot)
 
 
 def _add_demo_command(commands):

@@ -222,13 +222,19 @@ def _format_retrieval(metrics):
     ks = sorted(
         int(key.rsplit("@", 1)[1]) for key in metrics if key.startswith("random_R@")
     )
-    header = [f"R@{k}" for k in ks] + ["median rank", "mean rank"]
+    ranking = [
+        key[len("image_to_text_") :]
+        for key in metrics
+        if key.startswith("image_to_text_") and ("mAP@" in key or "nDCG@" in key)
+    ]
+    header = [f"R@{k}" for k in ks] + ranking + ["median rank", "mean rank"]
     rows = []
     for direction, title in (
         ("image_to_text", "image -> text"),
         ("text_to_image", "text -> image"),
     ):
         values = [metrics[f"{direction}_R@{k}"] for k in ks]
+        values += [metrics[f"{direction}_{name}"] for name in ranking]
         ranks = [metrics[f"{direction}_median_rank"], metrics[f"{direction}_mean_rank"]]
         rows.append(
             [title]
@@ -599,7 +605,12 @@ RETRIEVAL_K = (1, 5, 10)
 
 
 def retrieval_metrics(
-    image_embeddings, text_embeddings, image_ids=None, text_ids=None, ks=RETRIEVAL_K
+    image_embeddings,
+    text_embeddings,
+    image_ids=None,
+    text_ids=None,
+    ks=RETRIEVAL_K,
+    ranking_ks=(10,),
 ) -> dict:
     """Recall@K and ranks of cross-modal retrieval over a whole set.
 
@@ -625,6 +636,11 @@ def retrieval_metrics(
         image_ids: optional `(n,)` ids; equal ids are one image.
         text_ids: optional `(n,)` ids; equal ids are one text.
         ks: the K of Recall@K.
+        ranking_ks: the K of mAP@K and nDCG@K, which score every right
+            item of a query's top K (several captions of one image), not
+            only the first: keras-rs' `MeanAveragePrecision` (average
+            precision over `min(K, right items)`) and `NDCG` (gain 2^rel -
+            1, discount 1/log2(1 + rank)), on the same pessimistic order.
 
     Returns:
         A dict of floats, with `random_R@K`, what a random ranking scores
@@ -673,6 +689,8 @@ def retrieval_metrics(
         metrics[f"{direction}_median_rank"] = float(np.floor(np.median(ranks)))
         for k in ks:
             metrics[f"{direction}_R@{k}"] = float(np.mean(ranks <= k))
+        if ranking_ks:
+            metrics.update(_ranking_metrics(direction, scores, hits, ranking_ks))
     # What a random ranking scores: a query with c correct items of n finds
     # one in its top K with probability 1 - C(n - c, K) / C(n, K).
     right = correct.sum(axis=1)
@@ -681,6 +699,92 @@ def retrieval_metrics(
         for i in range(min(k, count)):
             miss *= np.clip(count - right - i, 0, None) / (count - i)
         metrics[f"random_R@{k}"] = float(np.mean(1 - miss))
+    return metrics
+
+
+def matching_metrics(
+    image_embeddings, text_embeddings, image_ids=None, text_ids=None, seed=0
+) -> dict:
+    """How well a cosine threshold tells matching pairs from others.
+
+    "Does this caption fit this picture": the set's pairs are the
+    positives, and each image with a text drawn at random from the rows
+    that show neither its image nor its text is a negative (as many as
+    positives). The threshold chosen is the one of best accuracy on these
+    pairs (the midpoint between two neighbouring scores), so choose it on
+    validation data.
+
+    Returns:
+        `{"match_threshold", "match_accuracy", "match_pairs"}` (the
+        accuracy over positives and negatives together).
+    """
+    image = _embedding_array("image_embeddings", image_embeddings)
+    text = _embedding_array("text_embeddings", text_embeddings)
+    count = len(image)
+    image = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    related = np.eye(count, dtype=bool)
+    for ids in (image_ids, text_ids):
+        if ids is not None:
+            ids = np.asarray(ids)
+            related |= ids[:, None] == ids[None, :]
+    rng = np.random.default_rng(seed)
+    positives = np.sum(image * text, axis=1)
+    negatives = []
+    for row in range(count):
+        others = np.flatnonzero(~related[row])
+        if len(others):
+            negatives.append(float(image[row] @ text[rng.choice(others)]))
+    if not negatives:
+        raise ValueError(
+            "Every row shows the same image or text: there are no mismatched "
+            "pairs to choose a matching threshold on."
+        )
+    scores = np.concatenate([positives, negatives])
+    truth = np.concatenate([np.ones(count, bool), np.zeros(len(negatives), bool)])
+    order = np.argsort(scores, kind="stable")
+    scores, truth = scores[order], truth[order]
+    # Threshold below position i: the i lowest are "no match".
+    right_below = np.concatenate([[0], np.cumsum(~truth)])
+    right_above = np.concatenate([np.cumsum(truth[::-1])[::-1], [0]])
+    correct = right_below + right_above
+    # Only between distinct scores (or at the ends).
+    cuts = [0, *[i for i in range(1, len(scores)) if scores[i] > scores[i - 1]]]
+    cuts.append(len(scores))
+    best = max(cuts, key=lambda i: correct[i])
+    if best == 0:
+        threshold = scores[0] - 1e-6
+    elif best == len(scores):
+        threshold = scores[-1] + 1e-6
+    else:
+        threshold = (scores[best - 1] + scores[best]) / 2
+    return {
+        "match_threshold": float(threshold),
+        "match_accuracy": float(correct[best] / len(scores)),
+        "match_pairs": int(len(scores)),
+    }
+
+
+def _ranking_metrics(direction, scores, hits, ks):
+    """mAP@K and nDCG@K through keras-rs, ties counted against the query."""
+    import keras_rs
+
+    # Sort by score, a wrong item before a right one of equal score; give
+    # keras-rs the positions, so it sees no ties (it would break them at
+    # random, or by position).
+    order = np.lexsort((hits, -scores), axis=1)
+    positions = np.empty_like(order)
+    np.put_along_axis(positions, order, np.arange(order.shape[1])[None], axis=1)
+    relevance = hits.astype("float32")
+    predictions = -positions.astype("float32")
+    metrics = {}
+    for k in ks:
+        for name, metric in (
+            ("mAP", keras_rs.metrics.MeanAveragePrecision(k=k, shuffle_ties=False)),
+            ("nDCG", keras_rs.metrics.NDCG(k=k, shuffle_ties=False)),
+        ):
+            metric.update_state(relevance, predictions)
+            metrics[f"{direction}_{name}@{k}"] = float(metric.result())
     return metrics
 
 

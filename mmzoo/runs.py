@@ -73,6 +73,20 @@ class Run:
         return self.task.output_name
 
     @property
+    def metrics(self):
+        """The run's metrics.json (`{}` when it has none)."""
+        import json
+
+        path = os.path.join(self.directory, METRICS)
+        if not os.path.isfile(path):
+            return {}
+        with open(path, encoding="utf-8") as file:
+            try:
+                return json.load(file)
+            except ValueError:
+                return {}
+
+    @property
     def resize(self):
         return self.config.get("resize", "stretch")
 
@@ -217,7 +231,9 @@ def predict(run, image, text, top_k=5, max_pixels=None):
         w, "text": w}}` (the weights only for fusions that compute them;
         `"predictions"` instead of labels for regression; for a
         contrastive run, `{"similarity": s}`, the cosine similarity of the
-        image's and the text's embeddings).
+        image's and the text's embeddings, with `"match"` and
+        `"match_threshold"` when the run chose a threshold on validation
+        data).
 
     Raises:
         FileNotFoundError: no image file at the path.
@@ -241,6 +257,11 @@ def predict(run, image, text, top_k=5, max_pixels=None):
     outputs = run.explained_model().predict_on_batch(features)
     output = {name: np.asarray(value)[0] for name, value in outputs.items()}
     result = run.task.answer(run.task.output_of(output), run.labels, top_k)
+    threshold = run.metrics.get("val", {}).get("match_threshold")
+    if "similarity" in result and threshold is not None:
+        # The threshold of best accuracy on the validation set.
+        result["match"] = result["similarity"] >= threshold
+        result["match_threshold"] = threshold
     if "modality_weights" in outputs:
         image_weight, text_weight = np.asarray(outputs["modality_weights"])[0]
         result["modality_weights"] = {

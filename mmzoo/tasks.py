@@ -537,18 +537,21 @@ class Contrastive(Task):
         return None
 
     def evaluate(self, targets, output, labels):
+        from mmzoo.metrics import matching_metrics
         from mmzoo.metrics import retrieval_metrics
 
-        image = output["image_embedding"]
-        metrics = {"examples": int(len(image))}
-        metrics.update(
-            retrieval_metrics(
-                image,
-                output["text_embedding"],
-                targets["image_ids"],
-                targets["text_ids"],
-            )
+        pair = (
+            output["image_embedding"],
+            output["text_embedding"],
+            targets["image_ids"],
+            targets["text_ids"],
         )
+        metrics = {"examples": int(len(pair[0]))}
+        metrics.update(retrieval_metrics(*pair))
+        try:
+            metrics.update(matching_metrics(*pair))
+        except ValueError:
+            pass  # one image or one text only: no mismatched pairs
         return metrics
 
 

@@ -273,8 +273,10 @@ def clean_manifest(folder, rows=12, fmt="csv", size=(20, 28), seed=0, labels=Non
 COLORS = ("red", "green", "blue", "yellow")
 
 
-def caption_manifest(folder, images=8, captions=2, size=(24, 24)):
+def caption_manifest(folder, images=8, captions=2, size=(24, 24), labels=False):
     """Image + caption pairs without labels, `captions` rows per image.
+
+    `labels`: add a `label` column, the image's colour (for zero-shot).
 
     Each image is one flat colour (of `COLORS`) with noise, and its
     captions name the colour, so a dual encoder has something to learn;
@@ -285,7 +287,7 @@ def caption_manifest(folder, images=8, captions=2, size=(24, 24)):
     rng = np.random.default_rng(0)
     rgb = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
     rgb["yellow"] = (230, 220, 30)
-    lines = ["image,text"]
+    lines = ["image,text,label" if labels else "image,text"]
     for index in range(images):
         color = COLORS[index % len(COLORS)]
         noise = rng.integers(-20, 20, (*size, 3))
@@ -298,7 +300,7 @@ def caption_manifest(folder, images=8, captions=2, size=(24, 24)):
                 text = f"a {color} picture" if caption == 0 else f"all {color}"
             else:
                 text = f"{color} image number {index} caption {caption}"
-            lines.append(f"{name},{text}")
+            lines.append(f"{name},{text},{color}" if labels else f"{name},{text}")
     path = os.path.join(folder, "captions.csv")
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ from mmzoo.data.dataset import make_dataset
 from mmzoo.data.sources import read_manifest
 from mmzoo.data.tokenizers import WordTokenizer
 from mmzoo.layers import recalibrate_batch_norm
+from mmzoo.metrics import matching_metrics
 from mmzoo.metrics import retrieval_metrics
 from mmzoo.runs import load_run
 from mmzoo.training import trainer
@@ -148,10 +149,10 @@ def test_contrastive_run_from_the_command_line(captions, tmp_path, capsys):
     ).map(lambda x, y: x)
     outputs = loaded.model.predict(inputs, verbose=0)
     image_ids, text_ids = _ids(captions)
-    expected = retrieval_metrics(
-        outputs["image_embedding"], outputs["text_embedding"], image_ids, text_ids
-    )
-    assert metrics["test"] == pytest.approx({"examples": len(rows), **expected})
+    pair = (outputs["image_embedding"], outputs["text_embedding"], image_ids, text_ids)
+    expected = retrieval_metrics(*pair)
+    expected = {"examples": len(rows), **expected, **matching_metrics(*pair)}
+    assert metrics["test"] == pytest.approx(expected)
     assert metrics["test"]["random_R@1"] > 1 / len(rows)  # the ids count
 
     # `evaluate` gives the same figures for the manifest.
@@ -166,8 +167,14 @@ def test_contrastive_run_from_the_command_line(captions, tmp_path, capsys):
         == 0
     )
     line = capsys.readouterr().out.strip()
-    similarity = loaded.predict(rows.images[0], "all red")["similarity"]
-    assert line == f"similarity: {similarity:.4f}" and -1 <= similarity <= 1
+    answer = loaded.predict(rows.images[0], "all red")
+    similarity = answer["similarity"]
+    assert line.startswith(f"similarity: {similarity:.4f} (") and -1 <= similarity <= 1
+    # The match threshold is the one metrics.json chose on the validation set.
+    threshold = metrics["val"]["match_threshold"]
+    assert answer["match_threshold"] == threshold
+    assert answer["match"] == (similarity >= threshold)
+    assert ("a match" if answer["match"] else "no match") in line
     image = loaded.model.image_encoder.predict(next(iter(inputs))["image"][:1])
     tokens = loaded.tokenizer(tf.constant(["all red"]))
     text = loaded.model.text_encoder.predict(tokens, verbose=0)

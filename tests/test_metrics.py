@@ -644,3 +644,59 @@ def test_retrieval_metrics_hand_computed_and_checked():
         retrieval_metrics(image, text, image_ids=[0, 1])
     with pytest.raises(ValueError, match="NaN"):
         retrieval_metrics(np.full((2, 2), np.nan), np.eye(2))
+
+
+def test_map_and_ndcg_match_a_direct_computation_on_known_rankings():
+    from mmzoo.metrics import _ranking_metrics
+
+    # Query 0: right items ranked 1 and 3; query 1: ranked 5; query 2: a
+    # right item tied with a wrong one at the top (the tie counts against it).
+    scores = np.array(
+        [
+            [0.9, 0.8, 0.7, 0.1, 0.0],
+            [0.5, 0.4, 0.3, 0.2, 0.1],
+            [0.9, 0.9, 0.1, 0.0, -0.1],
+        ]
+    )
+    hits = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 1], [1, 0, 0, 0, 0]], dtype=bool)
+    metrics = _ranking_metrics("q", scores, hits, ks=(2, 5))
+    # By hand: AP@K = sum of precision@i at right ranks i <= K over
+    # min(K, right items); nDCG@K = DCG / ideal DCG, gain 1, 1/log2(1 + i).
+    ap2 = [1 / 2, 0, (1 / 2) / 1]
+    ap5 = [(1 + 2 / 3) / 2, (1 / 5) / 1, (1 / 2) / 1]
+    ideal2 = [1 + 1 / np.log2(3), 1, 1]
+    ndcg2 = [1 / ideal2[0], 0, (1 / np.log2(3)) / 1]
+    ndcg5 = [(1 + 1 / np.log2(4)) / ideal2[0], (1 / np.log2(6)) / 1, ndcg2[2]]
+    assert metrics["q_mAP@2"] == pytest.approx(np.mean(ap2), abs=1e-6)
+    assert metrics["q_mAP@5"] == pytest.approx(np.mean(ap5), abs=1e-6)
+    assert metrics["q_nDCG@2"] == pytest.approx(np.mean(ndcg2), abs=1e-6)
+    assert metrics["q_nDCG@5"] == pytest.approx(np.mean(ndcg5), abs=1e-6)
+
+
+def test_matching_threshold_is_the_best_on_the_pairs():
+    from mmzoo.metrics import matching_metrics
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(60, 8))
+    text = image + rng.normal(scale=1.2, size=(60, 8))
+    ids = np.arange(60) // 2  # two rows per image
+    metrics = matching_metrics(image, text, ids, ids, seed=3)
+    assert metrics["match_pairs"] == 120
+    # By brute force over every threshold, on the same negatives.
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    image, text = unit(image), unit(text)
+    draw = np.random.default_rng(3)
+    negatives = [
+        image[row] @ text[draw.choice(np.flatnonzero(ids != ids[row]))]
+        for row in range(60)
+    ]
+    scores = np.concatenate([np.sum(image * text, axis=1), negatives])
+    truth = np.arange(120) < 60
+    best = max(np.mean((scores >= t) == truth) for t in [*scores, np.inf])
+    assert metrics["match_accuracy"] == pytest.approx(best)
+    accuracy = np.mean((scores >= metrics["match_threshold"]) == truth)
+    assert accuracy == pytest.approx(best) and 0.5 < best < 1
+    # Perfectly separated pairs: every pair right.
+    assert matching_metrics(np.eye(4), np.eye(4))["match_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="no mismatched"):
+        matching_metrics(np.ones((3, 2)), np.ones((3, 2)), [0, 0, 0])
