@@ -17,43 +17,10 @@ every caption the images, against what a random ranking scores.
 """
 
 import argparse
-import collections
 import json
 import os
 import platform
 import time
-
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
-SHAPES = ("circle", "rectangle", "triangle")
-
-
-def captions(questions, answers, image_ids):
-    """`{image id: "a <colour> <shape>"}` from each image's answers.
-
-    The colour and the shape are read from "what" questions and their
-    answers ("what is the blue shape?": rectangle), and from yes/no
-    questions naming one ("is there a red shape?": yes; "is there not a
-    circle?": no).
-    """
-    found = collections.defaultdict(dict)
-    for question, answer, image in zip(questions, answers, image_ids, strict=True):
-        words = question.rstrip("?").split()
-        for kind, names in (("colour", COLORS), ("shape", SHAPES)):
-            if answer in names:
-                found[image][kind] = answer
-                continue
-            named = [word for word in words if word in names]
-            if answer in ("yes", "no"):
-                present = (answer == "yes") != ("not" in words)
-            else:  # "what is the blue shape?": the question names it
-                present = words[0] == "what"
-            if len(named) == 1 and present:
-                found[image][kind] = named[0]
-    return {
-        image: f"a {parts['colour']} {parts['shape']}"
-        for image, parts in found.items()
-        if len(parts) == 2
-    }
 
 
 def write_manifests(folder, val_fraction=0.1, seed=0):
@@ -68,13 +35,15 @@ def write_manifests(folder, val_fraction=0.1, seed=0):
     import easy_vqa
     import numpy as np
 
+    from mmzoo.data.builtin import image_captions
+
     sources = {
         "train": (easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()),
         "test": (easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths()),
     }
     rows, skipped = {}, {}
     for split, (questions, paths) in sources.items():
-        text = captions(*questions)
+        text = image_captions(*questions)
         rows[split] = [(paths[image], text[image]) for image in sorted(text)]
         skipped[split] = len(paths) - len(text)
     order = np.random.default_rng(seed).permutation(len(rows["train"]))

@@ -309,12 +309,24 @@ def _zero_shot(args):
 
 
 def _demo(args):
-    from mmzoo.apps.demo import run_demo
-
     _configure_logging()
     savedmodels = None if args.no_export else args.savedmodels
+    if args.retrieval:
+        from mmzoo.apps.retrieval_demo import run_retrieval_demo
+
+        return run_retrieval_demo(
+            out=args.out or "runs/demo_retrieval",
+            quick=args.quick,
+            seed=args.seed,
+            savedmodels=savedmodels,
+        )
+    from mmzoo.apps.demo import run_demo
+
     return run_demo(
-        out=args.out, quick=args.quick, seed=args.seed, savedmodels=savedmodels
+        out=args.out or "runs/demo",
+        quick=args.quick,
+        seed=args.seed,
+        savedmodels=savedmodels,
     )
 
 
@@ -801,7 +813,15 @@ def _add_demo_command(commands):
         help="the main job: fusions vs unimodal baselines on easy-VQA",
     )
     demo.add_argument(
-        "--out", type=_FOLDER, default="runs/demo", help="default runs/demo"
+        "--out",
+        type=_FOLDER,
+        help="default runs/demo (runs/demo_retrieval with --retrieval)",
+    )
+    demo.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="a dual encoder on easy-VQA captions instead: Recall@K, zero-shot, "
+        "search, export with an index",
     )
     demo.add_argument("--seed", type=_config_flag("seed", int), default=0)
     demo.add_argument(

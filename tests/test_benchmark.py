@@ -325,24 +325,3 @@ def test_a_failing_configuration_does_not_stop_its_group():
         row["group"] = 0
     ratios = {r["fusion"]: r["train_ratio"] for r in throughput.overhead(rows)}
     assert set(ratios) == {"concat", "dual:siglip"} and ratios["dual:siglip"] > 0
-
-
-def test_easy_vqa_captions_come_from_the_answers():
-    from benchmarks.dual_encoder_easy_vqa import captions
-
-    questions = [
-        "what is the blue shape?",
-        "is there a red shape?",
-        "does the image not contain a circle?",
-        "what color is the shape?",
-        "is there not a triangle in the image?",
-        "what shape is in the image?",
-    ]
-    answers = ["rectangle", "no", "no", "green", "no", "circle"]
-    images = [0, 0, 1, 1, 2, 3]
-    # Image 0: blue (named), rectangle; 1: green, circle (not "not");
-    # 2: a triangle of no known colour; 3: a circle of no known colour.
-    assert captions(questions, answers, images) == {
-        0: "a blue rectangle",
-        1: "a green circle",
-    }

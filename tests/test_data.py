@@ -743,3 +743,24 @@ def test_an_epoch_variable_fixes_each_epochs_order(clean, tokenizer):
     x, _ = next(iter(resumed))
     assert x["tokens"].numpy().tolist() == second[0]
     np.testing.assert_array_equal(x["image"].numpy(), second[1])
+
+
+def test_easy_vqa_captions_come_from_the_answers():
+    from mmzoo.data.builtin import image_captions
+
+    questions = [
+        "what is the blue shape?",
+        "is there a red shape?",
+        "does the image not contain a circle?",
+        "what color is the shape?",
+        "is there not a triangle in the image?",
+        "what shape is in the image?",
+    ]
+    answers = ["rectangle", "no", "no", "green", "no", "circle"]
+    images = [0, 0, 1, 1, 2, 3]
+    # Image 0: blue (named), rectangle; 1: green, circle (not "not");
+    # 2: a triangle of no known colour; 3: a circle of no known colour.
+    assert image_captions(questions, answers, images) == {
+        0: "a blue rectangle",
+        1: "a green circle",
+    }

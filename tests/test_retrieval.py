@@ -262,3 +262,26 @@ def test_zero_shot_classifies_by_the_nearest_prompt(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match="no row has a label"):
         unlabelled = data_fixtures.caption_manifest(tmp_path / "u", images=2)
         retrieval.zero_shot_evaluate(run, unlabelled)
+
+
+def test_retrieval_demo_quick(tmp_path, monkeypatch):
+    from mmzoo.apps.retrieval_demo import run_retrieval_demo
+
+    monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
+    savedmodels = tmp_path / "savedmodels"
+    out = tmp_path / "demo"
+    assert run_retrieval_demo(out=out, quick=True, savedmodels=savedmodels) == 0
+    summary = json.loads((out / "results.json").read_text())
+    # The figures are the run's own test metrics and a search of its index.
+    saved = json.loads((out / "run" / "metrics.json").read_text())["test"]
+    assert summary["test"] == saved
+    assert summary["zero_shot_colour"]["classes"] == 8
+    assert summary["zero_shot_shape"]["classes"] == 3
+    index = retrieval.load_index(out / "index")
+    assert len(index) == 256 and index.modality == "image"
+    assert [row["id"] for row in summary["search"]["results"]] == index.search(
+        retrieval.embed_texts(load_run(out / "run"), ["a red circle"]), 5
+    ).ids[0]
+    assert (savedmodels / "easy_vqa_retrieval" / "1" / "saved_model.pb").is_file()
+    table = (out / "results.md").read_text()
+    assert "| image -> text |" in table and "| colour | 8 |" in table

@@ -199,7 +199,7 @@ def run_demo(
     test_path = paths["test"]
     if quick:
         train_path, val_path, test_path = (
-            _head(path, data, rows)
+            head_manifest(path, data, rows)
             for path, rows in ((train_path, 640), (val_path, 128), (test_path, 256))
         )
     settings = {**SETTINGS, **(QUICK if quick else {})}
@@ -248,7 +248,7 @@ def run_demo(
     return 0 if quick or summary["target_met"] else 1
 
 
-def _head(path, folder, rows):
+def head_manifest(path, folder, rows):
     """The first `rows` lines of a manifest, as a new manifest."""
     name = os.path.join(folder, "quick_" + os.path.basename(path))
     with open(path, encoding="utf-8") as source, open(name, "w") as target:
