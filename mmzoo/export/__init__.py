@@ -18,9 +18,13 @@ not import TensorFlow.
 from mmzoo._lazy import lazy_exports
 
 _EXPORTS = {
+    "build_encoder_module": "saved_model",
     "build_serving_module": "saved_model",
     "export_saved_model": "saved_model",
     "write_models_config": "saved_model",
+    "encoder_grpc_request": "serving",
+    "encoder_rest_request": "serving",
+    "encoder_models": "encoders",
     "grpc_request": "serving",
     "read_warmup_requests": "serving",
     "rest_request": "serving",
