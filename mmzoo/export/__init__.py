@@ -11,6 +11,12 @@ did. `rest_request` and `grpc_request` build requests for it.
 labels, the vocabulary and the pure-Python tokenizer beside the file), and
 `parity` checks it against the Keras model in the LiteRT interpreter.
 
+A contrastive run (a dual encoder) exports as its two encoders: SavedModel
+signatures `embed_image` and `embed_text` (and, given an index,
+`search_by_text` / `search_by_image`; `encoder_rest_request` and
+`encoder_grpc_request` call them), and one TFLite file per encoder, which
+`retrieval_parity` checks.
+
 The names below are imported on first use, so importing `mmzoo.export` does
 not import TensorFlow.
 """
@@ -31,6 +37,7 @@ _EXPORTS = {
     "convert": "tflite",
     "export_tflite": "tflite",
     "parity": "tflite",
+    "retrieval_parity": "tflite",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

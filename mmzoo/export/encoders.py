@@ -16,11 +16,13 @@ object with the attributes of `mmzoo.retrieval.Index`: `embeddings` (a
 NumPy `(n, d)` float32 or float16 array), `ids` (one str per row),
 `modality` (`"image"` or `"text"`: what the rows embed) and `fingerprint`
 (a str naming the index's contents).
+
+Importing this module does not import Keras or TensorFlow (the command
+line's parser reads `mmzoo.export.tflite`, which imports it).
 """
 
 import dataclasses
 
-import keras
 import numpy as np
 
 from mmzoo.checks import check_choice
@@ -48,6 +50,8 @@ def encoder_models(model):
     >>> halves["text"]({"tokens": run.tokenizer(["a red picture"])})
     {'text_embedding': <tf.Tensor: shape=(1, 16), dtype=float32, ...>}
     """
+    import keras
+
     inputs = getattr(model, "input", None)
     outputs = getattr(model, "output", None)
     names = set(inputs) if isinstance(inputs, dict) else set()
