@@ -184,17 +184,30 @@ def _export(args):
     if not (args.saved_model or args.tflite):
         print("error: pass --saved-model DIR and/or --tflite FILE", file=sys.stderr)
         return 2
+    if args.index and not args.saved_model:
+        print(
+            "error: --index is searched by the SavedModel's search signatures: "
+            "pass --saved-model DIR with it",
+            file=sys.stderr,
+        )
+        return 2
     _configure_logging()
     run = load_run(args.model)
     if args.saved_model:
         from mmzoo.export.saved_model import export_saved_model
 
+        index = None
+        if args.index:
+            from mmzoo.retrieval import load_index
+
+            index = load_index(args.index)
         folder = os.path.normpath(args.saved_model)
         path = export_saved_model(
             run,
             base=os.path.dirname(folder) or ".",
             name=os.path.basename(folder),
             version=args.version,
+            index=index,
         )
         print(f"SavedModel written to {path}")
     if args.tflite:
@@ -206,10 +219,13 @@ def _export(args):
             quantize=args.quantize,
             representative=args.representative,
         )
-        print(
-            f"TFLite ({report['quantize']}) written to {report['path']}: "
-            f"{report['bytes']:,} bytes, {report['size_ratio']:.2f}x float32"
-        )
+        # A dual encoder's report holds one entry per encoder file.
+        files = report.get("encoders", {"model": report}).values()
+        for file in files:
+            print(
+                f"TFLite ({report['quantize']}) written to {file['path']}: "
+                f"{file['bytes']:,} bytes, {file['size_ratio']:.2f}x float32"
+            )
     return 0
 
 
@@ -709,7 +725,10 @@ def _add_export_command(commands):
         help="export a trained model for TF Serving and/or TFLite",
         description="Write a SavedModel under TF Serving's model base path "
         "(savedmodels/NAME/VERSION, savedmodels/models.config updated) and/or "
-        "a TFLite file with its labels, vocabulary and pure-Python tokenizer.",
+        "a TFLite file with its labels, vocabulary and pure-Python tokenizer. "
+        "A contrastive run (a dual encoder) gets the signatures embed_image and "
+        "embed_text (and, with --index, search_by_text and search_by_image), and "
+        "one TFLite file per encoder.",
     )
     export.add_argument(
         "model", type=_PATH, help="a run folder or a .keras file in one"
@@ -722,7 +741,18 @@ def _add_export_command(commands):
     )
     export.add_argument("--version", type=_INTEGER, help="default: the next free one")
     export.add_argument(
-        "--tflite", type=_OUTPUT_FILE, metavar="FILE", help="e.g. app/model.tflite"
+        "--index",
+        type=_PATH,
+        metavar="INDEX_DIR",
+        help="contrastive runs: a mmzoo.retrieval index of the model's embeddings, "
+        "for the SavedModel's search_by_text / search_by_image signatures",
+    )
+    export.add_argument(
+        "--tflite",
+        type=_OUTPUT_FILE,
+        metavar="FILE",
+        help="e.g. app/model.tflite; a contrastive run writes app/model.image.tflite "
+        "and app/model.text.tflite",
     )
     export.add_argument(
         "--quantize",

@@ -90,16 +90,6 @@ class Run:
     def resize(self):
         return self.config.get("resize", "stretch")
 
-    def check_fused(self, what):
-        """Raise `ValueError` unless the run's model is a fused one (one
-        prediction per image and text), which `what` needs."""
-        if not self.task.fused:
-            raise ValueError(
-                f"{self.directory} is a {self.task.name} run: its model is two "
-                f"encoders, not one prediction per image and text, which {what} "
-                "exports. Exporting the encoders is not available yet."
-            )
-
     def explained_model(self):
         """The model, with `modality_weights` as a second output if its
         fusion computes them (see `mmzoo.with_modality_weights`)."""

@@ -12,7 +12,8 @@ What keras-hub's TestCase is for its models, for mmzoo's:
   `.keras` round trip.
 - `run_export_test(run, images, texts)`: the model as a SavedModel served
   by a process that imports only TensorFlow, and as a TFLite file in the
-  LiteRT interpreter, both matching Keras.
+  LiteRT interpreter, both matching Keras. `probe_signatures` calls any
+  signatures in such a process (a dual encoder's embeddings and searches).
 
 The generic tests (test_zoo.py, test_fusion_layers.py, test_export_coverage.py)
 call these over `mmzoo.registry`'s tables, so a new tower, fusion or task is
@@ -451,8 +452,8 @@ def np_approx(value):
 # === Export ===
 
 # Runs in a fresh interpreter: loads a SavedModel with Keras and mmzoo made
-# unimportable, calls `serving_default` on image files, and lists the graph's
-# op types by where they are registered. With `--serve` it answers requests
+# unimportable, calls its signatures on image files and texts, and lists the
+# graph's op types by where they are registered. With `--serve` it answers requests
 # (one JSON line each on stdin) until stdin closes, so that a test process
 # pays for importing TensorFlow once; it then never loads TF Text, so every
 # op outside core TensorFlow counts as unregistered.
@@ -493,16 +494,23 @@ def probe(folder, request_file, out, text_ops, audit_text):
         load_text_ops()
     loaded = tf.saved_model.load(folder)
     with open(request_file) as file:
-        request = json.load(file)
-    images = [open(path, "rb").read() for path in request["images"]]
-    outputs = loaded.signatures["serving_default"](
-        image_bytes=tf.constant(images, tf.string),
-        text=tf.constant(request["texts"], tf.string),
-    )
-    arrays = {name: value.numpy() for name, value in outputs.items()}
-    if "top_k_labels" in arrays:
-        arrays["top_k_labels"] = arrays["top_k_labels"].astype(str)
-    np.savez(os.path.join(out, "outputs.npz"), **arrays)
+        calls = json.load(file)
+    for call, (signature, inputs) in calls.items():
+        tensors = {}
+        for name, value in inputs.items():
+            if isinstance(value, int):
+                tensors[name] = tf.constant(value, tf.int32)
+            elif name == "image_bytes":
+                images = [open(path, "rb").read() for path in value]
+                tensors[name] = tf.constant(images, tf.string)
+            else:
+                tensors[name] = tf.constant(value, tf.string)
+        outputs = loaded.signatures[signature](**tensors)
+        arrays = {name: value.numpy() for name, value in outputs.items()}
+        for name, array in arrays.items():
+            if array.dtype == object:  # labels and ids
+                arrays[name] = array.astype(str)
+        np.savez(os.path.join(out, f"{call}.npz"), **arrays)
     if audit_text and not text_ops:
         load_text_ops()
     text = {op for op in ops - core if op_def_registry.get(op) is not None}
@@ -557,20 +565,57 @@ def probe_saved_model(folder, images, texts, out, text_ops=False):
     """`serving_default` of a SavedModel on image files, in a process that
     cannot import Keras or mmzoo (as on a TF Serving host).
 
+    Returns:
+        `(outputs, audit)`: the signature's outputs as arrays, and the op
+        audit of `probe_signatures`.
+    """
+    calls = {
+        "serving_default": ("serving_default", {"image_bytes": images, "text": texts})
+    }
+    outputs, audit = probe_signatures(folder, calls, out, text_ops)
+    return outputs["serving_default"], audit
+
+
+def probe_signatures(folder, calls, out, text_ops=False):
+    """Signatures of a SavedModel called in a process that cannot import
+    Keras or mmzoo (as on a TF Serving host).
+
     A model tokenizing with word ops goes to this test process's probe
     server (TensorFlow imported once); one needing TF Text ops
     (`text_ops=True`) to a fresh process of its own.
 
+    Args:
+        folder: the SavedModel.
+        calls: `{call name: (signature name, inputs)}`; inputs by name:
+            `image_bytes` a list of image files (read there), another
+            string input a list of str, an int a scalar int32 (`k`).
+        out: a folder for the request and the answers.
+
     Returns:
-        `(outputs, audit)`: the signature's outputs as arrays, and the
-        graph's op types by where they are registered (`core` TensorFlow,
-        TF `text`, `unregistered`) with the modules the process could
-        import (`importable`, which must be empty).
+        `(outputs, audit)`: `{call name: {output name: array}}` (string
+        outputs as str arrays), and the graph's op types by where they are
+        registered (`core` TensorFlow, TF `text`, `unregistered`) with the
+        modules the process could import (`importable`, which must be
+        empty).
     """
     os.makedirs(out, exist_ok=True)
     request = os.path.join(out, "request.json")
     with open(request, "w") as file:
-        json.dump({"images": [str(p) for p in images], "texts": texts}, file)
+        json.dump(
+            {
+                call: (
+                    signature,
+                    {
+                        name: [str(p) for p in value]
+                        if name == "image_bytes"
+                        else value
+                        for name, value in inputs.items()
+                    },
+                )
+                for call, (signature, inputs) in calls.items()
+            },
+            file,
+        )
     if text_ops:
         result = subprocess.run(
             [sys.executable, "-c", PROBE, str(folder), request, str(out), "1"],
@@ -590,8 +635,10 @@ def probe_saved_model(folder, images, texts, out, text_ops=False):
             raise AssertionError(f"the probe server died: {server.log.read()[-3000:]}")
         answer = json.loads(line)
         assert answer["ok"], answer["error"][-3000:]
-    with np.load(os.path.join(out, "outputs.npz")) as saved:
-        outputs = {name: saved[name] for name in saved.files}
+    outputs = {}
+    for call in calls:
+        with np.load(os.path.join(out, f"{call}.npz")) as saved:
+            outputs[call] = {name: saved[name] for name in saved.files}
     with open(os.path.join(out, "audit.json")) as file:
         return outputs, json.load(file)
 

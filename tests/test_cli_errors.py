@@ -51,6 +51,7 @@ BAD = {
     "data": ["{missing}"],
     "model": ["{missing}"],
     "representative": ["{missing}"],
+    "index": ["{missing}"],
     "labels": ["{missing}"],
     "image": ["{missing}", "{folder}"],
     ("train", "out"): ["{file}"],

@@ -180,9 +180,11 @@ def test_contrastive_run_from_the_command_line(captions, tmp_path, capsys):
     text = loaded.model.text_encoder.predict(tokens, verbose=0)
     assert similarity == pytest.approx(float(np.sum(image * text)), abs=1e-5)
 
-    # The fused-model exports refuse it in one line.
-    assert cli.main(["export", str(run), "--saved-model", str(tmp_path / "sm")]) == 2
-    assert "is a contrastive run" in capsys.readouterr().err
+    # It exports as two encoders (test_export_dual_encoder.py); an index
+    # asks for the SavedModel that searches it, in one line.
+    argv = ["export", str(run), "--tflite", str(tmp_path / "app" / "pairs.tflite")]
+    assert cli.main([*argv, "--index", str(run)]) == 2
+    assert capsys.readouterr().err.startswith("error: --index is searched by")
 
 
 @pytest.mark.parametrize("loss", ["clip", "dcca"])

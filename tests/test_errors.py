@@ -163,7 +163,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
         (["missing.png"], ["a"], FileNotFoundError, r"'missing.png' \(images\[0\]\)"),
         (None, ["a"], TypeError, r"`images` must be a list .*Received: None"),
         ([PNG], None, TypeError, r"`texts` must be a list .*Received: None"),
-        (5, ["a"], TypeError, r"`images` and `texts` must be lists"),
+        (5, ["a"], TypeError, r"`images` must be a list .*not iterable"),
     ],
 )
 @pytest.mark.parametrize("helper", ["rest", "grpc"])

@@ -13,7 +13,7 @@ Serving model base folder and keeps the folder's `models.config` up to date:
             tf_serving_warmup_requests
             model_card.json, labels.txt, tokenizer/
 
-The SavedModel has two signatures:
+A classification run's SavedModel has two signatures:
 
 - `serving_default(image_bytes, text)`: a batch of encoded JPEG, PNG, GIF or
   BMP files and one text per image, both `tf.string` of shape `(batch,)`.
@@ -25,15 +25,32 @@ The SavedModel has two signatures:
 - `predict_tensors(image, tokens)`: the model itself on prepared inputs
   (float32 pixels in [0, 255], int32 token ids).
 
+A contrastive run's model is a dual encoder, two encoders into one space;
+its SavedModel has a signature per half, with the same decoding, image
+guard, resizing and tokenization in the graph:
+
+- `embed_image(image_bytes)` -> `image_embedding` `(batch, d)` float32.
+- `embed_text(text)` -> `text_embedding` `(batch, d)` float32.
+- Exported with an index (`index=`, a `mmzoo.retrieval.Index` of the
+  model's image or text embeddings, held in the SavedModel's variables):
+  `search_by_text(text, k)` and `search_by_image(image_bytes, k)` ->
+  `ids` `(batch, k)` string and `scores` `(batch, k)` float32, the exact
+  top k index rows by cosine similarity (a matrix product of unit
+  vectors), best first. `k` is an int32 scalar of at least 1, clipped to
+  the index size. Both search the index's rows, whichever modality they
+  embed.
+
+Keras writes the first endpoint, `embed_image`, as `serving_default` too.
+
 Every op in the graph is a core TensorFlow op, or a TensorFlow Text op for a
 WordPiece tokenizer (stock TF Serving links both): a process that imports
 only TensorFlow (and `tensorflow_text`) loads and runs it, without mmzoo,
 Keras or Python code (no `tf.py_function`).
 
-Keras' `ExportArchive` writes the SavedModel (tracking the model's variables
-and the tokenizer's lookup tables, and naming the signatures); what it has no
-notion of is written here: the TF Serving folder layout and config, the
-warmup records, the model card and the files clients need.
+Keras' `ExportArchive` writes the SavedModel (tracking the model's variables,
+the tokenizer's lookup tables and the index, and naming the signatures);
+what it has no notion of is written here: the TF Serving folder layout and
+config, the warmup records, the model card and the files clients need.
 """
 
 import contextlib
@@ -55,6 +72,9 @@ from mmzoo.data import images as image_lib
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.export import serving
+from mmzoo.export.encoders import check_index
+from mmzoo.export.encoders import embedding_width
+from mmzoo.export.encoders import encoder_models
 from mmzoo.runs import Run
 from mmzoo.runs import load_run
 from mmzoo.tasks import get_task
@@ -93,26 +113,6 @@ class _ServingFunctions:
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.text_input = "tokens" if "tokens" in model.input else "text"
 
-    def _run_model(self, features):
-        # On an empty batch, TensorFlow 2.21's oneDNN Conv2D (the CPU
-        # default) returns its input's shape, (0, H, W, C_in), and the next
-        # layer fails. The model runs on one padding row instead, which the
-        # slice below drops again.
-        count = tf.shape(features["image"])[0]
-        padding = tf.cast(tf.equal(count, 0), tf.int32)
-        features = {
-            name: tf.pad(value, [[0, padding]] + [[0, 0]] * (value.shape.rank - 1))
-            for name, value in features.items()
-        }
-        outputs = self.model(features, training=False)
-        outputs = {name: value[:count] for name, value in outputs.items()}
-        # A mixed-precision model's outputs are float32 already; the cast
-        # keeps the signature's contract if a layer ever computes otherwise.
-        return {
-            name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
-            for name, value in outputs.items()
-        }
-
     def serving_default(self, image_bytes, text):
         image_bytes = _batch_vector(image_bytes, serving.IMAGE_INPUT)
         text = _batch_vector(text, serving.TEXT_INPUT)
@@ -122,17 +122,14 @@ class _ServingFunctions:
             message="`image_bytes` and `text` must hold one text per image",
         )
         with tf.control_dependencies([same_length]):
-            # Headers checked, then decoded; any bad file fails the batch
-            # with a message naming its index.
-            pixels = image_lib.load_images(
+            pixels = _decode_images(
                 image_bytes, self.image_size, self.resize, self.max_pixels
             )
-        features = {"image": tf.cast(pixels, tf.float32)}
-        if self.tokenizer is not None:
-            features[self.text_input] = self.tokenizer(text)
-        else:
-            features[self.text_input] = text
-        outputs = self._run_model(features)
+        features = {
+            "image": pixels,
+            self.text_input: _text_features(self.tokenizer, text),
+        }
+        outputs = _call_model(self.model, features)
         results = self.task.serving_outputs(
             outputs[self.task.output_name], self.label_names, self.top_k
         )
@@ -141,10 +138,47 @@ class _ServingFunctions:
         return results
 
     def predict_tokens(self, image, tokens):
-        return self._run_model({"image": image, "tokens": tokens})
+        return _call_model(self.model, {"image": image, "tokens": tokens})
 
     def predict_texts(self, image, text):
-        return self._run_model({"image": image, "text": text})
+        return _call_model(self.model, {"image": image, "text": text})
+
+
+def _call_model(model, features):
+    """`model(features)` in inference mode, float outputs as float32."""
+    # On an empty batch, TensorFlow 2.21's oneDNN Conv2D (the CPU default)
+    # returns its input's shape, (0, H, W, C_in), and the next layer fails.
+    # The model runs on one padding row instead, which the slice below
+    # drops again.
+    count = tf.shape(next(iter(features.values())))[0]
+    padding = tf.cast(tf.equal(count, 0), tf.int32)
+    features = {
+        name: tf.pad(value, [[0, padding]] + [[0, 0]] * (value.shape.rank - 1))
+        for name, value in features.items()
+    }
+    outputs = model(features, training=False)
+    outputs = {name: value[:count] for name, value in outputs.items()}
+    # A mixed-precision model's outputs are float32 already; the cast keeps
+    # the signature's contract if a layer ever computes otherwise.
+    return {
+        name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+        for name, value in outputs.items()
+    }
+
+
+def _decode_images(image_bytes, image_size, resize, max_pixels):
+    """Encoded files to the model's float32 pixels, as training read them.
+
+    Headers are checked, then the files decoded; any bad file fails the
+    batch with a message naming its index.
+    """
+    pixels = image_lib.load_images(image_bytes, image_size, resize, max_pixels)
+    return tf.cast(pixels, tf.float32)
+
+
+def _text_features(tokenizer, text):
+    """Token ids, or the raw strings for a TF-Hub text tower."""
+    return text if tokenizer is None else tokenizer(text)
 
 
 # The inputs of `serving_default`: one encoded file and one text per example.
@@ -183,9 +217,33 @@ def _batch_vector(value, name):
 
 
 def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
-    check_choice("resize", resize, image_lib.RESIZE_MODES)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
+    _check_inputs(model, tokenizer, image_size, resize)
+    output = task.output_name
+    if output not in model.output:
+        raise ValueError(
+            f"A {task.name} model has a `{output}` output. Received: outputs "
+            f"{sorted(model.output)}"
+        )
+    if not task.classes:
+        return None
+    if labels is None:
+        raise ValueError(f"A {task.name} model needs `labels`, its class names.")
+    names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
+    width = model.output[output].shape[-1]
+    expected = task.num_labels(width)
+    if len(names) != expected:
+        raise ValueError(
+            f"The model has {width} output units, so a {task.name} task needs "
+            f"{expected} labels. Received: {len(names)} labels"
+        )
+    return names
+
+
+def _check_inputs(model, tokenizer, image_size, resize):
+    """The checks of what the serving graph feeds a model, for both kinds."""
+    check_choice("resize", resize, image_lib.RESIZE_MODES)
     inputs = set(model.input) if isinstance(model.input, dict) else None
     if inputs not in ({"image", "tokens"}, {"image", "text"}):
         raise ValueError(
@@ -208,25 +266,6 @@ def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
                 f"The tokenizer makes {tokenizer.max_tokens} tokens per text but "
                 f"the model's `tokens` input takes {length}."
             )
-    output = task.output_name
-    if output not in model.output:
-        raise ValueError(
-            f"A {task.name} model has a `{output}` output. Received: outputs "
-            f"{sorted(model.output)}"
-        )
-    if not task.classes:
-        return None
-    if labels is None:
-        raise ValueError(f"A {task.name} model needs `labels`, its class names.")
-    names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
-    width = model.output[output].shape[-1]
-    expected = task.num_labels(width)
-    if len(names) != expected:
-        raise ValueError(
-            f"The model has {width} output units, so a {task.name} task needs "
-            f"{expected} labels. Received: {len(names)} labels"
-        )
-    return names
 
 
 def build_serving_module(
@@ -308,6 +347,174 @@ def build_serving_module(
     return archive
 
 
+# === Dual encoders ===
+
+
+class _EncoderFunctions:
+    """The signatures of a dual encoder's SavedModel, traced by
+    `ExportArchive`: each half on raw inputs, and the searches."""
+
+    def __init__(self, model, tokenizer, image_size, resize, index):
+        self.encoders = encoder_models(model)
+        self.text_input = next(iter(self.encoders["text"].input))
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.resize = resize
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.index = index
+
+    def embed_image(self, image_bytes):
+        image_bytes = _batch_vector(image_bytes, serving.IMAGE_INPUT)
+        pixels = _decode_images(
+            image_bytes, self.image_size, self.resize, self.max_pixels
+        )
+        return _call_model(self.encoders["image"], {"image": pixels})
+
+    def embed_text(self, text):
+        text = _batch_vector(text, serving.TEXT_INPUT)
+        features = {self.text_input: _text_features(self.tokenizer, text)}
+        return _call_model(self.encoders["text"], features)
+
+    def search_by_image(self, image_bytes, k):
+        embedding = self.embed_image(image_bytes)["image_embedding"]
+        return self.index.search(embedding, k)
+
+    def search_by_text(self, text, k):
+        embedding = self.embed_text(text)["text_embedding"]
+        return self.index.search(embedding, k)
+
+
+class _SearchIndex(tf.Module):
+    """An index's rows in the SavedModel, and exact top-k search over them.
+
+    The rows are saved as variables (in `variables/`, not in the graph,
+    which TensorFlow caps at 2 GB), L2-normalised once here; each query is
+    normalised in the graph, so the scores are cosine similarities, as
+    `mmzoo.metrics.retrieval_metrics` ranks (for embeddings that are unit
+    vectors already, all but Deep CCA's, the plain matrix product).
+    """
+
+    def __init__(self, checked):
+        super().__init__(name="search_index")
+        rows = checked.embeddings
+        # `tf.math.l2_normalize`'s formula, as the queries get.
+        squares = np.sum(rows * rows, axis=1, keepdims=True)
+        rows = rows / np.sqrt(np.maximum(squares, np.float32(1e-12)))
+        self.embeddings = tf.Variable(rows, trainable=False, name="embeddings")
+        self.ids = tf.Variable(
+            tf.constant(checked.ids, tf.string), trainable=False, name="ids"
+        )
+        self.size = len(checked.ids)
+
+    def search(self, queries, k):
+        k = _result_count(k, self.size)
+        queries = tf.math.l2_normalize(queries, axis=-1)
+        scores = tf.matmul(queries, self.embeddings, transpose_b=True)
+        # Exact; equal scores keep the index's order (lower row first).
+        scores, rows = tf.math.top_k(scores, k)
+        return {serving.IDS_OUTPUT: tf.gather(self.ids, rows), "scores": scores}
+
+
+def _result_count(k, size):
+    """`k` as a scalar of at least 1, clipped to the index size."""
+    is_scalar = tf.debugging.Assert(
+        tf.equal(tf.rank(k), 0),
+        [
+            tf.strings.join(
+                [
+                    "`k` must be a scalar: one number of results per request. "
+                    "Received: shape ",
+                    tf.strings.format("{}", tf.shape(k)),
+                ]
+            )
+        ],
+    )
+    with tf.control_dependencies([is_scalar]):
+        k = tf.reshape(k, [])
+    positive = tf.debugging.Assert(
+        k >= 1,
+        [
+            tf.strings.join(
+                ["`k` must be at least 1. Received: k=", tf.strings.as_string(k)]
+            )
+        ],
+    )
+    with tf.control_dependencies([positive]):
+        return tf.minimum(k, size)
+
+
+# The inputs of the dual encoder's signatures, as the model card states
+# them (the signatures declare them of any shape, for the assertions'
+# messages).
+ENCODER_INPUTS = {
+    serving.IMAGE_INPUT: tf.TensorSpec([None], tf.string, name=serving.IMAGE_INPUT),
+    serving.TEXT_INPUT: tf.TensorSpec([None], tf.string, name=serving.TEXT_INPUT),
+    serving.K_INPUT: tf.TensorSpec([], tf.int32, name=serving.K_INPUT),
+}
+
+
+def build_encoder_module(model, tokenizer, image_size, resize="stretch", index=None):
+    """A `keras.export.ExportArchive` holding a dual encoder's signatures.
+
+    The lower-level half of `export_saved_model` for a contrastive run
+    (see the module docstring for the signatures). Call `write_out(path)`
+    on the result to write the SavedModel.
+
+    Args:
+        model: a dual encoder (`mmzoo.build_dual_encoder`; inputs `image`
+            and `tokens`, or `image` and `text` for a TF-Hub text tower).
+        tokenizer: the `WordTokenizer` or `WordPieceTokenizer` it was
+            trained with (`None` for a TF-Hub text tower).
+        image_size: the model's input size in pixels.
+        resize: `"stretch"` or `"pad"`, as the run was trained with.
+        index: `None`, or a `mmzoo.retrieval.Index` of the model's
+            embeddings (see `mmzoo.export.encoders.check_index`), for the
+            signatures `search_by_text` and `search_by_image`.
+
+    Returns:
+        A `keras.export.ExportArchive` with the endpoints `embed_image` and
+        `embed_text` (and `search_by_text`, `search_by_image` with an
+        index). Keras also writes the first, `embed_image`, as
+        `serving_default`.
+
+    Example:
+
+    >>> archive = build_encoder_module(run.model, run.tokenizer, 32, index=index)
+    >>> archive.write_out("exported/1", verbose=False)
+    >>> loaded = tf.saved_model.load("exported/1")
+    >>> loaded.signatures["search_by_text"](
+    ...     text=tf.constant(["a red picture"]), k=tf.constant(3)
+    ... )["ids"]
+    """
+    _check_inputs(model, tokenizer, image_size, resize)
+    encoder_models(model)  # outputs checked before anything is traced
+    search = None
+    if index is not None:
+        checked = check_index(index, embedding_width(model))
+        search = _SearchIndex(checked)
+    functions = _EncoderFunctions(model, tokenizer, image_size, resize, search)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if tokenizer is not None:
+        archive.track(tokenizer)
+    if search is not None:
+        archive.track(search)
+    # Declared of any shape, so that a wrong one meets the graph's messages.
+    specs = {
+        name: tf.TensorSpec(None, spec.dtype, name=name)
+        for name, spec in ENCODER_INPUTS.items()
+    }
+    for name, inputs in serving.ENCODER_SIGNATURES.items():
+        if name.startswith("search") and search is None:
+            continue
+        archive.add_endpoint(
+            name,
+            getattr(functions, name),
+            input_signature=[specs[input_name] for input_name in inputs],
+        )
+    return archive
+
+
 # === Files around the SavedModel ===
 
 
@@ -321,17 +528,20 @@ def _synthetic_warmup(image_size):
     return [(png, "warmup"), (jpeg, "warmup")]
 
 
-def _check_warmup(examples):
+def _check_warmup(examples, signatures=1):
     """`[(image bytes, text)]`, once each image looks complete and decodable.
 
     A bad warmup record makes TF Serving refuse the whole version, so a bad
-    image is refused here, before anything is written.
+    image is refused here, before anything is written. Each signature gets
+    a record per example and one of all of them, within TF Serving's 1000.
     """
     examples = list(examples)
-    if not examples or len(examples) > 999:
+    most = 1000 // signatures - 1
+    if not examples or len(examples) > most:
         raise ValueError(
-            "`warmup` must hold 1 to 999 (image, text) pairs (TF Serving reads "
-            f"at most 1000 records). Received: {len(examples)} pairs"
+            f"`warmup` must hold 1 to {most} (image, text) pairs (TF Serving reads "
+            f"at most 1000 records, {len(examples) + 1} per signature here). "
+            f"Received: {len(examples)} pairs"
         )
     checked = []
     for index, (image, text) in enumerate(examples):
@@ -351,25 +561,52 @@ def _check_warmup(examples):
     return checked
 
 
-def _write_warmup(path, model_name, examples):
-    """One record per example, then one with all of them as a batch.
+def _batches(examples):
+    """One batch per example, then one with all of them.
 
     Each distinct batch size TF Serving meets first in a real request would
     otherwise pay for its own graph warm-up.
     """
-    from tensorflow_serving.apis import prediction_log_pb2
-
     batches = [[example] for example in examples]
     if len(examples) > 1:
         batches.append(list(examples))
-    with tf.io.TFRecordWriter(path) as writer:
-        for batch in batches:
+    return batches
+
+
+def _pair_requests(model_name, examples):
+    """`serving_default`'s warmup requests: images with their texts."""
+    return [
+        serving.grpc_request(*zip(*batch, strict=True), model_name)
+        for batch in _batches(examples)
+    ]
+
+
+def _encoder_requests(model_name, examples, signatures):
+    """A dual encoder's warmup requests: every signature, every batch."""
+    requests = []
+    for name in signatures:
+        wanted = serving.ENCODER_SIGNATURES[name]
+        for batch in _batches(examples):
             images, texts = zip(*batch, strict=True)
-            request = serving.grpc_request(images, texts, model_name)
+            inputs = {
+                "images": images if serving.IMAGE_INPUT in wanted else None,
+                "texts": texts if serving.TEXT_INPUT in wanted else None,
+                "k": 1 if serving.K_INPUT in wanted else None,
+            }
+            requests.append(serving.encoder_grpc_request(name, model_name, **inputs))
+    return requests
+
+
+def _write_warmup(path, requests):
+    """The requests as TF Serving's warmup file of `PredictionLog`s."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
             log = prediction_log_pb2.PredictionLog()
             log.predict_log.request.CopyFrom(request)
             writer.write(log.SerializeToString())
-    return len(batches)
+    return len(requests)
 
 
 def _spec_card(spec):
@@ -381,16 +618,20 @@ def _spec_card(spec):
 
 def _signatures_card(loaded):
     """Input and output names, dtypes and shapes of the saved signatures."""
+    # Raw inputs are declared of any shape, to refuse a wrong one clearly;
+    # the card states the shape the graph asserts.
+    stated = {spec.name: spec for spec in SERVING_INPUTS}
+    stated.update(ENCODER_INPUTS)
     card = {}
-    for signature in (SERVING_SIGNATURE, TENSORS_SIGNATURE):
+    for signature in sorted(loaded.signatures):
         function = loaded.signatures[signature]
         _, inputs = function.structured_input_signature
-        if signature == SERVING_SIGNATURE:
-            # It accepts any shape to refuse a wrong one clearly; the card
-            # states the shape it asserts.
-            inputs = {spec.name: spec for spec in SERVING_INPUTS}
+        inputs = {
+            key: stated[key] if spec.shape.rank is None else spec
+            for key, spec in inputs.items()
+        }
         card[signature] = {
-            "inputs": {key: _spec_card(spec) for key, spec in inputs.items()},
+            "inputs": {key: _spec_card(spec) for key, spec in sorted(inputs.items())},
             "outputs": {
                 key: _spec_card(spec)
                 for key, spec in sorted(function.structured_outputs.items())
@@ -399,7 +640,9 @@ def _signatures_card(loaded):
     return card
 
 
-def _model_card(run, signatures, name, version, top_k, label_names, records):
+def _model_card(run, signatures, name, version, records, outputs):
+    """The model card; `outputs` holds what the run's kind adds: labels and
+    top_k, or the embedding and the index."""
     tokenizer = run.tokenizer
     card = {
         "name": name,
@@ -416,10 +659,8 @@ def _model_card(run, signatures, name, version, top_k, label_names, records):
         },
         "image_size": run.image_size,
         "resize": run.resize,
-        "top_k": top_k,
+        **outputs,
         "signatures": signatures,
-        "labels": label_names,
-        "labels_file": f"{ASSETS_EXTRA}/{LABELS_FILE}" if label_names else None,
         "tokenizer": None,
         "warmup_records": records,
         "metrics": _read_metrics(run.directory),
@@ -445,6 +686,26 @@ def _model_card(run, signatures, name, version, top_k, label_names, records):
             card["tokenizer"]["requires"] = "tensorflow_text"
             card["versions"]["tensorflow_text"] = tensorflow_text.__version__
     return card
+
+
+def _classifier_card(top_k, label_names):
+    return {
+        "top_k": top_k,
+        "labels": label_names,
+        "labels_file": f"{ASSETS_EXTRA}/{LABELS_FILE}" if label_names else None,
+    }
+
+
+def _encoder_card(model, index):
+    return {
+        "embedding": {
+            "width": embedding_width(model),
+            # Deep CCA's canonical coordinates are not unit vectors.
+            "normalized": not getattr(model, "canonical_projections", ()),
+            "search_score": "cosine similarity" if index is not None else None,
+        },
+        "index": index.card() if index is not None else None,
+    }
 
 
 def _read_metrics(directory):
@@ -639,16 +900,22 @@ def export_saved_model(
     top_k=5,
     warmup=None,
     serving_root=DEFAULT_SERVING_ROOT,
+    index=None,
 ):
     """Export a run as a new version of a TF Serving model.
 
     Writes `<base>/<name>/<version>/`: the SavedModel (see the module
     docstring for its signatures), `model_card.json`, and `assets.extra/`
-    with the warmup requests, the model card, `labels.txt` and the
-    tokenizer's files. The version is written in a hidden folder, loaded
-    back and warmed up, and only then renamed to its number, so a server
-    watching the folder never sees a half-written or broken version. Then
+    with the warmup requests (every signature, each example alone and all
+    of them as one batch), the model card, `labels.txt` and the tokenizer's
+    files. The version is written in a hidden folder, loaded back and
+    warmed up, and only then renamed to its number, so a server watching
+    the folder never sees a half-written or broken version. Then
     `<base>/models.config` is rewritten to list every model in `base`.
+
+    A classification run gets `serving_default` and `predict_tensors`; a
+    contrastive run (a dual encoder) gets `embed_image` and `embed_text`,
+    and with an `index` also `search_by_text` and `search_by_image`.
 
     Args:
         run: a `mmzoo.runs.Run` or the path of a run folder.
@@ -657,12 +924,16 @@ def export_saved_model(
             name.
         version: the version number; defaults to one more than the highest
             present. An existing version is never overwritten.
-        top_k: how many labels `serving_default` returns.
+        top_k: how many labels `serving_default` returns (classification).
         warmup: a list of `(image, text)` pairs (image bytes or paths) for
             the warmup records; defaults to a synthetic PNG and JPEG with the
             text "warmup".
         serving_root: where the server sees `base`, for `models.config`
             (see `write_models_config`).
+        index: contrastive runs only: a `mmzoo.retrieval.Index` of this
+            model's embeddings (`mmzoo.retrieval.load_index`), held in the
+            SavedModel and searched by `search_by_text` and
+            `search_by_image`.
 
     Returns:
         The path of the version folder.
@@ -673,15 +944,22 @@ def export_saved_model(
     'savedmodels/gated/1'
     >>> export_saved_model("runs/gated", top_k=3)
     'savedmodels/gated/2'
+    >>> export_saved_model("runs/pairs", index=load_index("indexes/pairs"))
+    'savedmodels/pairs/1'
     """
     if not isinstance(run, Run):
         run = load_run(run)
-    run.check_fused("export_saved_model")
     name = _default_name(run) if name is None else name
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise ValueError(
             "`name` must be letters, digits, '_', '.' or '-', starting with a "
             f"letter or digit (it appears in TF Serving URLs). Received: name={name!r}"
+        )
+    if index is not None and run.task.fused:
+        raise ValueError(
+            f"`index` is searched by a dual encoder's signatures; {run.directory} "
+            f"is a {run.task.name} run, whose model makes one prediction per "
+            "image and text. Export it without an index."
         )
     base = os.fspath(base)
     model_folder = os.path.join(base, name)
@@ -694,18 +972,36 @@ def export_saved_model(
                 "`version`, or leave it out for the next free number."
             )
     examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
-    examples = _check_warmup(examples)
-
-    archive = build_serving_module(
-        run.model,
-        run.tokenizer,
-        run.labels,
-        run.image_size,
-        resize=run.resize,
-        task=run.task,
-        top_k=top_k,
-    )
-    label_names = list(run.labels.names) if run.task.classes else None
+    label_names = None
+    if run.task.fused:
+        examples = _check_warmup(examples)
+        archive = build_serving_module(
+            run.model,
+            run.tokenizer,
+            run.labels,
+            run.image_size,
+            resize=run.resize,
+            task=run.task,
+            top_k=top_k,
+        )
+        label_names = list(run.labels.names) if run.task.classes else None
+        requests = _pair_requests(name, examples)
+        outputs_card = _classifier_card(top_k, label_names)
+    else:
+        checked = None
+        if index is not None:
+            checked = check_index(index, embedding_width(run.model))
+        endpoints = [
+            signature
+            for signature in serving.ENCODER_SIGNATURES
+            if checked is not None or not signature.startswith("search")
+        ]
+        examples = _check_warmup(examples, len(endpoints))
+        archive = build_encoder_module(
+            run.model, run.tokenizer, run.image_size, run.resize, index=index
+        )
+        requests = _encoder_requests(name, examples, endpoints)
+        outputs_card = _encoder_card(run.model, checked)
     # The number is claimed before the long work, so a concurrent export of
     # the same model takes another one instead of failing at the end.
     created = not os.path.isdir(model_folder)
@@ -719,13 +1015,13 @@ def export_saved_model(
         archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        records = _write_warmup(os.path.join(extra, WARMUP_FILE), name, examples)
+        records = _write_warmup(os.path.join(extra, WARMUP_FILE), requests)
         if label_names is not None:
             LabelVocabulary(label_names).save(os.path.join(extra, LABELS_FILE))
         if run.tokenizer is not None:
             run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
         signatures = _signatures_card(_load_and_warm_up(staging))
-        card = _model_card(run, signatures, name, version, top_k, label_names, records)
+        card = _model_card(run, signatures, name, version, records, outputs_card)
         for folder in (staging, extra):
             with open(os.path.join(folder, MODEL_CARD), "w", encoding="utf-8") as file:
                 json.dump(card, file, indent=2, ensure_ascii=False)

@@ -1,16 +1,20 @@
 """Client helpers: requests for a model that `export_saved_model` wrote.
 
-The exported `serving_default` signature takes a batch of encoded image
-files (`image_bytes`) and one text per image (`text`). TF Serving accepts it
-two ways:
+The `serving_default` signature of a classification run takes a batch of
+encoded image files (`image_bytes`) and one text per image (`text`). A
+contrastive run's SavedModel has the signatures `embed_image(image_bytes)`,
+`embed_text(text)` and, exported with an index, `search_by_image(
+image_bytes, k)` and `search_by_text(text, k)` (`ENCODER_SIGNATURES`). TF
+Serving accepts them two ways:
 
-- REST (port 8501): `rest_request` builds the JSON body of
-  `POST /v1/models/<name>:predict`. Binary strings travel as
+- REST (port 8501): `rest_request` (and `encoder_rest_request`) builds the
+  JSON body of `POST /v1/models/<name>:predict`. Binary strings travel as
   `{"b64": <base64>}`, TF Serving's convention for `DT_STRING` inputs.
-- gRPC (port 8500): `grpc_request` builds the `PredictRequest` for
-  `PredictionService.Predict`, the message warmup records hold too.
+- gRPC (port 8500): `grpc_request` (and `encoder_grpc_request`) builds the
+  `PredictRequest` for `PredictionService.Predict`, the message warmup
+  records hold too.
 
-`rest_request` needs nothing beyond the standard library; `grpc_request`
+The REST helpers need nothing beyond the standard library; the gRPC ones
 and `read_warmup_requests` import TensorFlow and the
 `tensorflow-serving-api` protos when called.
 """
@@ -18,9 +22,21 @@ and `read_warmup_requests` import TensorFlow and the
 import base64
 import os
 
+from mmzoo.checks import check_choice
+
 SIGNATURE_NAME = "serving_default"
 IMAGE_INPUT = "image_bytes"
 TEXT_INPUT = "text"
+K_INPUT = "k"
+IDS_OUTPUT = "ids"
+# A dual encoder's signatures and their inputs; the searches exist in a
+# SavedModel exported with an index.
+ENCODER_SIGNATURES = {
+    "embed_image": (IMAGE_INPUT,),
+    "embed_text": (TEXT_INPUT,),
+    "search_by_image": (IMAGE_INPUT, K_INPUT),
+    "search_by_text": (TEXT_INPUT, K_INPUT),
+}
 
 
 def _image_bytes(image, where="image"):
@@ -90,31 +106,44 @@ def _bad_character(error):
 
 def _pairs(images, texts):
     """`(list of image bytes, list of text bytes)`, one text per image."""
-    for argument, value in (("images", images), ("texts", texts)):
-        if value is None:
-            raise TypeError(
-                f"`{argument}` must be a list (one entry per example). Received: None"
-            )
-        if isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
-            raise TypeError(
-                f"`{argument}` must be a list (one entry per example). "
-                f"Received: a single {type(value).__name__}; wrap it in a list."
-            )
-    try:
-        images, texts = list(images), list(texts)
-    except TypeError as error:
-        raise TypeError(
-            f"`images` and `texts` must be lists (one entry per example): {error}"
-        ) from None
+    images, texts = _batch("images", images), _batch("texts", texts)
     if len(images) != len(texts):
         raise ValueError(
             "`images` and `texts` must have the same length (one text per "
             f"image). Received: {len(images)} images and {len(texts)} texts"
         )
-    return (
-        [_image_bytes(image, f"images[{i}]") for i, image in enumerate(images)],
-        [_text_bytes(text, f"texts[{i}]") for i, text in enumerate(texts)],
-    )
+    return _images(images), _texts(texts)
+
+
+def _batch(argument, value):
+    """`value` as a list, once it is shown to be one entry per example."""
+    if value is None:
+        raise TypeError(
+            f"`{argument}` must be a list (one entry per example). Received: None"
+        )
+    if isinstance(value, (str, bytes, bytearray, memoryview, os.PathLike)):
+        raise TypeError(
+            f"`{argument}` must be a list (one entry per example). "
+            f"Received: a single {type(value).__name__}; wrap it in a list."
+        )
+    try:
+        return list(value)
+    except TypeError as error:
+        raise TypeError(
+            f"`{argument}` must be a list (one entry per example): {error}"
+        ) from None
+
+
+def _images(images):
+    return [_image_bytes(image, f"images[{i}]") for i, image in enumerate(images)]
+
+
+def _texts(texts):
+    return [_text_bytes(text, f"texts[{i}]") for i, text in enumerate(texts)]
+
+
+def _b64(image):
+    return {"b64": base64.b64encode(image).decode("ascii")}
 
 
 def rest_request(images, texts, signature_name=SIGNATURE_NAME):
@@ -144,7 +173,7 @@ def rest_request(images, texts, signature_name=SIGNATURE_NAME):
         "signature_name": signature_name,
         "instances": [
             {
-                IMAGE_INPUT: {"b64": base64.b64encode(image).decode("ascii")},
+                IMAGE_INPUT: _b64(image),
                 TEXT_INPUT: text.decode("utf-8"),
             }
             for image, text in zip(images, texts, strict=True)
@@ -179,20 +208,119 @@ def grpc_request(
     >>> tf.make_ndarray(response.outputs["top_k_labels"])
     array([[b'cat', b'dog', b'bird', b'fish', b'horse']], dtype=object)
     """
+    images, texts = _pairs(images, texts)
+    return _predict_request(
+        {IMAGE_INPUT: images, TEXT_INPUT: texts}, model_name, signature_name, version
+    )
+
+
+def _predict_request(inputs, model_name, signature_name, version):
+    """A `PredictRequest` of string vectors (lists) and an int32 `k`."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    images, texts = _pairs(images, texts)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
     if version is not None:
         request.model_spec.version.value = int(version)
-    for name, values in ((IMAGE_INPUT, images), (TEXT_INPUT, texts)):
-        request.inputs[name].CopyFrom(
-            tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)])
-        )
+    for name, values in inputs.items():
+        if name == K_INPUT:
+            proto = tf.make_tensor_proto(values, dtype=tf.int32, shape=[])
+        else:
+            proto = tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)])
+        request.inputs[name].CopyFrom(proto)
     return request
+
+
+def _encoder_inputs(signature_name, images, texts, k):
+    """The inputs of a dual encoder's signature, checked against it."""
+    check_choice("signature_name", signature_name, ENCODER_SIGNATURES)
+    wanted = ENCODER_SIGNATURES[signature_name]
+    given = {IMAGE_INPUT: images, TEXT_INPUT: texts, K_INPUT: k}
+    arguments = {IMAGE_INPUT: "images", TEXT_INPUT: "texts", K_INPUT: "k"}
+    for name, value in given.items():
+        if (value is None) == (name in wanted):
+            takes = " and ".join(f"`{arguments[n]}`" for n in wanted)
+            received = [arguments[n] for n, v in given.items() if v is not None]
+            raise TypeError(
+                f"`{signature_name}` takes {takes}. Received: "
+                f"{', '.join(received) or 'none of them'}"
+            )
+    inputs = {}
+    if images is not None:
+        inputs[IMAGE_INPUT] = _images(_batch("images", images))
+    if texts is not None:
+        inputs[TEXT_INPUT] = _texts(_batch("texts", texts))
+    if k is not None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"`k` must be a positive int. Received: k={k!r}")
+        inputs[K_INPUT] = k
+    return inputs
+
+
+def encoder_rest_request(signature_name, images=None, texts=None, k=None):
+    """The JSON body of a REST request to a dual encoder's SavedModel.
+
+    The body uses TF Serving's columnar ("inputs") format, which a search's
+    scalar `k` needs (the row format gives every input a batch dimension).
+
+    Args:
+        signature_name: one of `ENCODER_SIGNATURES`: `"embed_image"`,
+            `"embed_text"`, `"search_by_image"`, `"search_by_text"`.
+        images: for the image signatures: a list of images, each the bytes
+            of a JPEG, PNG, GIF or BMP file or the path of one.
+        texts: for the text signatures: a list of texts (`str`).
+        k: for the searches: how many results per query (clipped to the
+            index size by the model).
+
+    Returns:
+        A dict, ready for `json.dumps`: `{"signature_name": ..., "inputs":
+        {"text": [...], "k": 5}}`. TF Serving answers `{"outputs": {"ids":
+        [[...]], "scores": [[...]]}}` (for one output, `{"outputs": [...]}`
+        holds its values directly).
+
+    Example:
+
+    >>> body = encoder_rest_request("search_by_text", texts=["a red car"], k=5)
+    >>> response = requests.post(
+    ...     "http://localhost:8501/v1/models/pairs:predict", json=body
+    ... )
+    >>> response.json()["outputs"]["ids"][0]
+    ['images/car_3.jpg', 'images/car_9.jpg', ...]
+    """
+    inputs = _encoder_inputs(signature_name, images, texts, k)
+    if IMAGE_INPUT in inputs:
+        inputs[IMAGE_INPUT] = [_b64(image) for image in inputs[IMAGE_INPUT]]
+    if TEXT_INPUT in inputs:
+        inputs[TEXT_INPUT] = [text.decode("utf-8") for text in inputs[TEXT_INPUT]]
+    return {"signature_name": signature_name, "inputs": inputs}
+
+
+def encoder_grpc_request(
+    signature_name, model_name, images=None, texts=None, k=None, version=None
+):
+    """A TF Serving gRPC `PredictRequest` for a dual encoder's SavedModel.
+
+    Args:
+        signature_name: one of `ENCODER_SIGNATURES`.
+        model_name: the model's name in TF Serving (its folder name).
+        images, texts, k: the signature's inputs, as in
+            `encoder_rest_request`.
+        version: a version number, or `None` for the latest.
+
+    Returns:
+        A `tensorflow_serving.apis.predict_pb2.PredictRequest`.
+
+    Example:
+
+    >>> request = encoder_grpc_request("embed_image", "pairs", images=["a.png"])
+    >>> response = stub.Predict(request, timeout=10.0)
+    >>> tf.make_ndarray(response.outputs["image_embedding"]).shape
+    (1, 128)
+    """
+    inputs = _encoder_inputs(signature_name, images, texts, k)
+    return _predict_request(inputs, model_name, signature_name, version)
 
 
 def read_warmup_requests(path):

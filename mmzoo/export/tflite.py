@@ -41,8 +41,19 @@ Quantisations (`quantize=`):
   inputs and an app swaps files without changing code, for the cost of one
   QUANTIZE op per input and one DEQUANTIZE op per output.
 
+A contrastive run (a dual encoder) becomes one file per encoder, named
+after `path`'s stem (`encoder_paths`), so that several quantisations share
+a folder:
+
+    app/
+      pairs.image.tflite         image (float32 pixels) -> image_embedding
+      pairs.text.tflite          tokens (int32 ids) -> text_embedding
+      pairs.json                 both files' inputs, outputs and ops
+      vocabulary.txt, tokenizer.json, pure_python_tokenizer.py
+
 `parity` runs an exported file with the LiteRT interpreter and measures how
-far it is from the Keras model on real examples.
+far it is from the Keras model on real examples; `retrieval_parity` does it
+for both encoder files and compares Recall@K over the examples.
 """
 
 import json
@@ -55,6 +66,9 @@ import numpy as np
 
 from mmzoo.checks import check_choice
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+from mmzoo.export.encoders import MODALITIES
+from mmzoo.export.encoders import embedding_width
+from mmzoo.export.encoders import encoder_models
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -480,6 +494,9 @@ def export_tflite(
     file with TF Text custom ops is not offered), and so does image
     decoding: the file holds TFLite builtin ops only, which is checked.
 
+    A contrastive run writes its two encoders instead, `<stem>.image.tflite`
+    and `<stem>.text.tflite` (see the module docstring).
+
     Args:
         run: a `Run` (`mmzoo.runs.load_run`) or a run folder.
         path: the `.tflite` file to write; its folder receives
@@ -496,7 +513,11 @@ def export_tflite(
         A report dict: `path`, `bytes`, `float32_bytes` (the float32 file's
         size, converted too when `quantize` is not "none"), `size_ratio`
         (`bytes / float32_bytes`), `quantize`, `ops`, `calibration_examples`
-        (int8) and `files` (everything written).
+        (int8) and `files` (everything written). For a contrastive run:
+        `quantize`, `encoders` (`{"image": ..., "text": ...}`, each with
+        `path`, `bytes`, `float32_bytes`, `size_ratio`, `ops`),
+        `embedding_width`, `calibration_examples` (int8: per encoder) and
+        `files`.
 
     Example:
 
@@ -510,91 +531,110 @@ def export_tflite(
     if not path.endswith(".tflite"):
         raise ValueError(f"`path` must end with '.tflite'. Received: path={path!r}")
     run = _as_run(run)
-    run.check_fused("export_tflite")
     if run.tokenizer is None and "tokens" in run.model.input:
         raise ExportError(f"{run.directory} has no tokenizer for the `tokens` input.")
+    if not run.task.fused:
+        return _export_encoders(
+            run, path, quantize, representative, num_calibration, batch_size
+        )
     _check_convertible(run.model)
-
-    representative_dataset = None
-    calibrated = []
+    examples = None
     if quantize == "int8":
         examples = calibration_examples(run, representative, num_calibration)
+    # The file returns the modality weights of fusions that compute them.
+    content, report = _converted(
+        run.explained_model(), path, quantize, examples, batch_size
+    )
+    files = [path, *_write_companions(run, path, content, quantize, batch_size)]
+    return {**report, "quantize": quantize, "files": files}
+
+
+def _converted(model, path, quantize, examples, batch_size):
+    """Convert `model`, write it to `path`; its bytes and its report.
+
+    `examples` is `calibration_examples`' function (int8), whose input
+    dicts are cut down to the model's inputs.
+    """
+    representative_dataset = None
+    calibrated = []
+    if examples is not None:
+        names = sorted(model.input)
 
         def representative_dataset():
             for example in examples():
                 calibrated.append(1)
-                yield example
+                yield {name: example[name] for name in names}
 
-    # The file returns the modality weights of fusions that compute them.
-    model = run.explained_model()
     content = convert(model, quantize, representative_dataset, batch_size)
     if quantize == "none":
         float32_bytes = len(content)
     else:
         float32_bytes = len(convert(model, "none", batch_size=batch_size))
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as file:
         file.write(content)
-    files = [path, *_write_companions(run, path, content, quantize, batch_size)]
     report = {
         "path": path,
         "bytes": len(content),
         "float32_bytes": float32_bytes,
         "size_ratio": len(content) / float32_bytes,
-        "quantize": quantize,
         "ops": list_ops(content),
+    }
+    if examples is not None:
+        report["calibration_examples"] = len(calibrated)
+    return content, report
+
+
+def encoder_paths(path):
+    """Where `export_tflite(contrastive_run, path)` writes the two encoders.
+
+    Example:
+
+    >>> encoder_paths("app/pairs.tflite")
+    {'image': 'app/pairs.image.tflite', 'text': 'app/pairs.text.tflite'}
+    """
+    stem = os.path.splitext(os.fspath(path))[0]
+    return {modality: f"{stem}.{modality}.tflite" for modality in MODALITIES}
+
+
+def _export_encoders(run, path, quantize, representative, num_calibration, batch_size):
+    """`export_tflite` for a contrastive run: one file per encoder."""
+    halves = encoder_models(run.model)
+    for half in halves.values():
+        _check_convertible(half)
+    examples = None
+    if quantize == "int8":
+        examples = calibration_examples(run, representative, num_calibration)
+    paths = encoder_paths(path)
+    contents, reports = {}, {}
+    for modality, half in halves.items():
+        contents[modality], reports[modality] = _converted(
+            half, paths[modality], quantize, examples, batch_size
+        )
+    files = [
+        *paths.values(),
+        *_write_encoder_companions(run, path, contents, quantize, batch_size),
+    ]
+    report = {
+        "quantize": quantize,
+        "encoders": reports,
+        "embedding_width": embedding_width(run.model),
         "files": files,
     }
     if quantize == "int8":
-        report["calibration_examples"] = len(calibrated)
+        report["calibration_examples"] = reports["image"]["calibration_examples"]
     return report
 
 
 def _write_companions(run, path, content, quantize, batch_size):
     """labels.txt, the tokenizer files, the Python tokenizer and the card."""
-    from mmzoo.data import pure_python_tokenizer
-
     folder = os.path.dirname(os.path.abspath(path))
     written = []
     if run.labels is not None:
         written.append(run.labels.save(os.path.join(folder, LABELS_FILE)))
-    tokenizer_card = None
-    if run.tokenizer is not None:
-        run.tokenizer.save(folder)
-        written += [
-            os.path.join(folder, pure_python_tokenizer.VOCABULARY_FILE),
-            os.path.join(folder, pure_python_tokenizer.CONFIG_FILE),
-        ]
-        with open(os.path.join(folder, pure_python_tokenizer.CONFIG_FILE)) as file:
-            tokenizer_config = json.load(file)
-        tokenizer_card = {
-            "type": tokenizer_config["type"],
-            "max_tokens": tokenizer_config.get("max_tokens"),
-            "vocabulary": pure_python_tokenizer.VOCABULARY_FILE,
-            "config": pure_python_tokenizer.CONFIG_FILE,
-        }
-        if tokenizer_config["type"] == "word":
-            # The pure-Python twin of the training tokenizer: same ids.
-            target = os.path.join(folder, PYTHON_TOKENIZER)
-            shutil.copyfile(pure_python_tokenizer.__file__, target)
-            written.append(target)
-            tokenizer_card["python"] = PYTHON_TOKENIZER
-            tokenizer_card["usage"] = (
-                "from pure_python_tokenizer import PythonWordTokenizer; "
-                "ids = PythonWordTokenizer.from_directory(folder).encode([text]) "
-                "-> int32 array of shape (1, max_tokens)"
-            )
-        else:
-            tokenizer_card["python"] = None
-            tokenizer_card["usage"] = (
-                "BERT WordPiece (lower-case and accents as tokenizer.json says; "
-                "[CLS] ... [SEP], padded with [PAD] = 0); mmzoo ships no "
-                "pure-Python WordPiece tokenizer."
-            )
+    tokenizer_files, tokenizer_card = _write_tokenizer(run, folder)
+    written += tokenizer_files
     signature = signature_details(content)
-    name = os.path.splitext(os.path.basename(path))[0]
     card = {
         "format": "tflite",
         "model": os.path.basename(path),
@@ -603,6 +643,84 @@ def _write_companions(run, path, content, quantize, batch_size):
         "outputs": signature["outputs"],
         "task": run.task.name,
         "labels": LABELS_FILE if run.labels is not None else None,
+        **_preparation_card(run, quantize, batch_size, tokenizer_card),
+        "ops": list_ops(content),
+    }
+    written.append(_write_card(path, card))
+    return written
+
+
+def _write_encoder_companions(run, path, contents, quantize, batch_size):
+    """A dual encoder's tokenizer files, Python tokenizer and card."""
+    folder = os.path.dirname(os.path.abspath(path))
+    written, tokenizer_card = _write_tokenizer(run, folder)
+    encoders = {}
+    for modality, content in contents.items():
+        signature = signature_details(content)
+        encoders[modality] = {
+            "model": os.path.basename(encoder_paths(path)[modality]),
+            "signature": SIGNATURE_KEY,
+            "inputs": signature["inputs"],
+            "outputs": signature["outputs"],
+            "ops": list_ops(content),
+        }
+    card = {
+        "format": "tflite",
+        "task": run.task.name,
+        "encoders": encoders,
+        "embedding_width": embedding_width(run.model),
+        # Deep CCA's canonical coordinates are not unit vectors; rank by
+        # cosine similarity either way.
+        "normalized": not getattr(run.model, "canonical_projections", ()),
+        **_preparation_card(run, quantize, batch_size, tokenizer_card),
+    }
+    written.append(_write_card(path, card))
+    return written
+
+
+def _write_tokenizer(run, folder):
+    """The tokenizer's files (and for word tokenizers its pure-Python twin)
+    in `folder`: the paths written, and what the card says of them."""
+    from mmzoo.data import pure_python_tokenizer
+
+    if run.tokenizer is None:
+        return [], None
+    run.tokenizer.save(folder)
+    written = [
+        os.path.join(folder, pure_python_tokenizer.VOCABULARY_FILE),
+        os.path.join(folder, pure_python_tokenizer.CONFIG_FILE),
+    ]
+    with open(os.path.join(folder, pure_python_tokenizer.CONFIG_FILE)) as file:
+        tokenizer_config = json.load(file)
+    tokenizer_card = {
+        "type": tokenizer_config["type"],
+        "max_tokens": tokenizer_config.get("max_tokens"),
+        "vocabulary": pure_python_tokenizer.VOCABULARY_FILE,
+        "config": pure_python_tokenizer.CONFIG_FILE,
+    }
+    if tokenizer_config["type"] == "word":
+        # The pure-Python twin of the training tokenizer: same ids.
+        target = os.path.join(folder, PYTHON_TOKENIZER)
+        shutil.copyfile(pure_python_tokenizer.__file__, target)
+        written.append(target)
+        tokenizer_card["python"] = PYTHON_TOKENIZER
+        tokenizer_card["usage"] = (
+            "from pure_python_tokenizer import PythonWordTokenizer; "
+            "ids = PythonWordTokenizer.from_directory(folder).encode([text]) "
+            "-> int32 array of shape (1, max_tokens)"
+        )
+    else:
+        tokenizer_card["python"] = None
+        tokenizer_card["usage"] = (
+            "BERT WordPiece (lower-case and accents as tokenizer.json says; "
+            "[CLS] ... [SEP], padded with [PAD] = 0); mmzoo ships no "
+            "pure-Python WordPiece tokenizer."
+        )
+    return written, tokenizer_card
+
+
+def _preparation_card(run, quantize, batch_size, tokenizer_card):
+    return {
         "image_size": run.image_size,
         "resize": run.resize,
         "quantize": quantize,
@@ -612,14 +730,17 @@ def _write_companions(run, path, content, quantize, batch_size):
             "image_reference": "mmzoo.data.images.prepare_image",
             "text": tokenizer_card,
         },
-        "ops": list_ops(content),
     }
-    card_path = os.path.join(folder, f"{name}.json")
+
+
+def _write_card(path, card):
+    """`<name>.json` beside the `.tflite` file(s) of `path`."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    card_path = os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.json")
     with open(card_path, "w", encoding="utf-8") as file:
         json.dump(card, file, indent=2, ensure_ascii=False)
         file.write("\n")
-    written.append(card_path)
-    return written
+    return card_path
 
 
 def _feature_batches(features):
@@ -646,7 +767,8 @@ def parity(run_or_model, tflite_path, features):
 
     The file runs in the LiteRT interpreter (`ai_edge_litert`, default
     XNNPACK delegate) through its `serving_default` signature runner, as an
-    app runs it.
+    app runs it. For a dual encoder, the file is one of its encoders (the
+    one taking the file's inputs) and compared with that half.
 
     Args:
         run_or_model: a `Run` or a zoo model (its outputs, with the
@@ -658,12 +780,13 @@ def parity(run_or_model, tflite_path, features):
 
     Returns:
         A dict: `examples`, `output` (the compared output, "probabilities"
-        or "predictions"), `max_abs_diff` (over that output),
+        or "predictions", or an encoder's "image_embedding" or
+        "text_embedding"), `max_abs_diff` (over that output),
         `cosine_similarity` (mean over examples), `top1_agreement` (the
         fraction of examples answered alike, `Task.agreement`: the same
         arg-max; for one sigmoid unit, the same side of 0.5; for
-        multilabel, the same label set at 0.5; `None` for regression) and
-        `max_abs_diff_by_output` (every output).
+        multilabel, the same label set at 0.5; `None` for regression and
+        embeddings) and `max_abs_diff_by_output` (every output).
 
     Example:
 
@@ -672,27 +795,53 @@ def parity(run_or_model, tflite_path, features):
     >>> parity(run, "app/model.tflite", dataset)["top1_agreement"]
     1.0
     """
-    from mmzoo.builder import explained_model
-    from mmzoo.tasks import get_task
-
-    if hasattr(run_or_model, "task") and hasattr(run_or_model, "model"):
-        task, model = run_or_model.task, run_or_model.model
-    else:
-        model = run_or_model
-        task = getattr(model, "task", None) or get_task("multiclass")
+    task, model = _task_and_model(run_or_model)
     runner = _interpreter(model_path=os.fspath(tflite_path)).get_signature_runner(
         SIGNATURE_KEY
     )
-    if "modality_weights" in runner.get_output_details():
-        model = explained_model(model)
+    got, want = _both_outputs(task, model, runner, _feature_batches(features))
+    main = task.output_name if task.fused else next(iter(want))
+    return _parity_report(task, got, want, main)
+
+
+def _task_and_model(run_or_model):
+    from mmzoo.tasks import get_task
+
+    if hasattr(run_or_model, "task") and hasattr(run_or_model, "model"):
+        return run_or_model.task, run_or_model.model
+    model = run_or_model
+    task = getattr(model, "task", None)
+    if task is None:
+        outputs = getattr(model, "output", None)
+        dual = isinstance(outputs, dict) and "image_embedding" in outputs
+        task = get_task("contrastive" if dual else "multiclass")
+    return task, model
+
+
+def _both_outputs(task, model, runner, batches):
+    """The file's and the Keras model's outputs on every batch, stacked."""
+    from mmzoo.builder import explained_model
+
     input_details = runner.get_input_details()
+    if not task.fused:
+        halves = encoder_models(model).values()
+        model = next(
+            (half for half in halves if sorted(half.input) == sorted(input_details)),
+            None,
+        )
+        if model is None:
+            raise ValueError(
+                f"The TFLite file takes {sorted(input_details)}, which neither of "
+                "the dual encoder's halves takes: a file of another model?"
+            )
+    elif "modality_weights" in runner.get_output_details():
+        model = explained_model(model)
     fixed_batch = {
         int(detail["shape_signature"][0]) for detail in input_details.values()
     } - {-1}
     step = fixed_batch.pop() if fixed_batch else None
-    main = task.output_name
     got, want = {}, {}
-    for batch in _feature_batches(features):
+    for batch in batches:
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
         inputs = {
             name: np.asarray(batch[name]).astype(detail["dtype"], copy=False)
@@ -713,17 +862,108 @@ def parity(run_or_model, tflite_path, features):
         raise ValueError("`features` holds no examples.")
     got = {name: np.concatenate(values) for name, values in got.items()}
     want = {name: np.concatenate(values) for name, values in want.items()}
+    return got, want
+
+
+def _parity_report(task, got, want, main):
     by_output = {
         name: float(np.max(np.abs(got[name].astype(np.float64) - want[name])))
         for name in want
     }
     tflite, keras_values = got[main], want[main]
-    agreement = task.agreement(tflite, keras_values)
     return {
         "examples": len(keras_values),
         "output": main,
         "max_abs_diff": by_output[main],
         "cosine_similarity": float(np.mean(_cosine(tflite, keras_values))),
-        "top1_agreement": agreement,
+        "top1_agreement": task.agreement(tflite, keras_values),
         "max_abs_diff_by_output": by_output,
+    }
+
+
+def retrieval_parity(run, files, features, image_ids=None, text_ids=None):
+    """A dual encoder's two `.tflite` files against Keras, and retrieval.
+
+    Each encoder file runs in the LiteRT interpreter on the same rows as
+    its Keras half (`parity`), and cross-modal retrieval over the rows
+    (`mmzoo.metrics.retrieval_metrics`: Recall@1/5/10 both ways) is scored
+    on the files' embeddings and on Keras', so that a quantisation's cost
+    is measured in what the embeddings are for.
+
+    Args:
+        run: a contrastive `Run` (or its model).
+        files: the encoder files: `export_tflite`'s report for a
+            contrastive run, or `{"image": path, "text": path}`.
+        features: rows as in `parity`, e.g. a `make_dataset(...,
+            task="contrastive", training=False)` pipeline, whose targets
+            give the ids (rows showing one image, or one text).
+        image_ids, text_ids: the rows' ids, when `features` holds none.
+
+    Returns:
+        A dict: `examples`; `image` and `text`, each encoder's `parity`
+        report (`cosine_similarity`, `max_abs_diff`, ...); `keras` and
+        `tflite`, the two retrieval metrics dicts; `recall_difference`,
+        tflite minus Keras for every `*_R@K`.
+
+    Example:
+
+    >>> report = export_tflite(run, "app/pairs.tflite", quantize="int8")
+    >>> data = make_dataset("val.csv", run.tokenizer, run.image_size,
+    ...                     training=False, task="contrastive")
+    >>> result = retrieval_parity(run, report, data)
+    >>> result["image"]["cosine_similarity"], result["recall_difference"]
+    (0.9987, {'image_to_text_R@1': 0.0, ..., 'text_to_image_R@10': 0.0})
+    """
+    from mmzoo.metrics import retrieval_metrics
+
+    task, model = _task_and_model(run)
+    if task.fused:
+        raise ValueError(
+            f"`retrieval_parity` compares a dual encoder's two files; this is a "
+            f"{task.name} model. Use `parity`."
+        )
+    if "encoders" in files:
+        files = {
+            modality: report["path"] for modality, report in files["encoders"].items()
+        }
+    batches = list(_feature_batches(features))
+    ids = _batch_ids(batches)
+    image_ids = ids.get("image_ids") if image_ids is None else image_ids
+    text_ids = ids.get("text_ids") if text_ids is None else text_ids
+    embeddings = {"keras": {}, "tflite": {}}
+    result = {}
+    for modality in MODALITIES:
+        runner = _interpreter(model_path=os.fspath(files[modality]))
+        runner = runner.get_signature_runner(SIGNATURE_KEY)
+        got, want = _both_outputs(task, model, runner, batches)
+        name = f"{modality}_embedding"
+        result[modality] = _parity_report(task, got, want, name)
+        embeddings["tflite"][modality] = got[name]
+        embeddings["keras"][modality] = want[name]
+    for source, arrays in embeddings.items():
+        result[source] = retrieval_metrics(
+            arrays["image"], arrays["text"], image_ids, text_ids
+        )
+    result["examples"] = result["image"]["examples"]
+    result["recall_difference"] = {
+        name: result["tflite"][name] - result["keras"][name]
+        for name in result["keras"]
+        if "_R@" in name and not name.startswith("random")
+    }
+    return result
+
+
+def _batch_ids(batches):
+    """The `image_ids` and `text_ids` in batches' targets, concatenated."""
+    targets = [
+        batch[1]
+        for batch in batches
+        if isinstance(batch, (tuple, list)) and isinstance(batch[1], dict)
+    ]
+    if not targets or len(targets) != len(batches):
+        return {}
+    return {
+        key: np.concatenate([np.asarray(target[key]) for target in targets])
+        for key in ("image_ids", "text_ids")
+        if all(key in target for target in targets)
     }
