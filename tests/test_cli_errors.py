@@ -58,7 +58,6 @@ BAD = {
     ("evaluate", "out"): ["{folder}", "{missing}/metrics.json"],
     ("zero-shot", "out"): ["{folder}", "{missing}/metrics.json"],
     ("index", "out"): ["{file}", "{file}/below"],
-    "index": ["{missing}"],
     "k": ["0", "x"],
     "template": ["a photo of a cat"],
     ("data", "easy-vqa", "out"): ["{file}"],

@@ -13,7 +13,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import sys
 import types
 
 import data_fixtures
@@ -23,6 +22,7 @@ import tensorflow as tf
 from harness import probe_signatures
 
 from mmzoo import cli
+from mmzoo import retrieval
 from mmzoo.data import make_dataset
 from mmzoo.data.images import prepare_image
 from mmzoo.data.sources import read_manifest
@@ -40,8 +40,9 @@ TEXTS = ["a red picture", "all blue", "", "Ünïcödé yellow image number 3", "
 
 
 @dataclasses.dataclass
-class Index:
-    """The attributes of `mmzoo.retrieval.Index` that the export reads."""
+class IndexFields:
+    """The attributes of `mmzoo.retrieval.Index` that the export reads, to
+    make indexes that `Index` itself would refuse."""
 
     embeddings: np.ndarray
     ids: list
@@ -93,11 +94,9 @@ def keras_text_embeddings(run, texts):
 def index(trained, images):
     run = trained[0]
     paths = images[:IMAGES]
-    return Index(
-        keras_image_embeddings(run, paths),
-        [os.path.basename(path) for path in paths],
-        "image",
-        "test-images-8",
+    index = retrieval.Index(WIDTH, "image", fingerprint=retrieval.fingerprint(run))
+    return index.add(
+        keras_image_embeddings(run, paths), [os.path.basename(p) for p in paths]
     )
 
 
@@ -235,7 +234,7 @@ def test_model_card_warmup_and_config(exported, base, index):
         "size": IMAGES,
         "width": WIDTH,
         "modality": "image",
-        "fingerprint": "test-images-8",
+        "fingerprint": index.fingerprint,
         "dtype": "float32",
     }
     signatures = card["signatures"]
@@ -287,6 +286,7 @@ def test_unusable_indexes_are_refused_before_anything_is_written(
     trained, index, tmp_path
 ):
     run = trained[0]
+    index = IndexFields(index.embeddings, index.ids, index.modality, "x")
     cases = [
         (
             dataclasses.replace(index, embeddings=index.embeddings[:, :8]),
@@ -323,7 +323,7 @@ def test_a_text_index_in_float16_is_searched_from_both_modalities(
     run = trained[0]
     texts = list(dict.fromkeys(read_manifest(trained[1]).texts))
     rows = keras_text_embeddings(run, texts).astype("float16")
-    index = Index(rows, texts, "text", "captions")
+    index = retrieval.Index(WIDTH, "text", dtype="float16").add(rows, texts)
     archive = build_encoder_module(run.model, run.tokenizer, 32, index=index)
     archive.write_out(str(tmp_path / "model"), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "model"))
@@ -480,12 +480,9 @@ def test_command_line_exports_a_contrastive_run(
     ]
     assert card["index"] is None and card["warmup_records"] == 2 * 3
 
-    # --index loads the index with mmzoo.retrieval.load_index and hands it
-    # to the export (both stood in for here).
-    loaded_from, given = [], {}
-    retrieval = types.ModuleType("mmzoo.retrieval")
-    retrieval.load_index = lambda path: loaded_from.append(path) or index
-    monkeypatch.setitem(sys.modules, "mmzoo.retrieval", retrieval)
+    # --index loads a saved index (`mmzoo index`) and hands it to the
+    # export (which the test above runs with an index: stood in for here).
+    given = {}
     from mmzoo.export import saved_model
 
     def recorded(run, **arguments):
@@ -493,9 +490,10 @@ def test_command_line_exports_a_contrastive_run(
         return "savedmodels/pairs/3"
 
     monkeypatch.setattr(saved_model, "export_saved_model", recorded)
-    index_dir = trained[2] / "data"
+    index_dir = index.save(trained[2] / "index")
     assert cli.main([*argv, "--index", str(index_dir)]) == 0
-    assert loaded_from == [str(index_dir)] and given["index"] is index
+    assert given["index"].ids == index.ids
+    np.testing.assert_array_equal(given["index"].embeddings, index.embeddings)
 
     # An index without a SavedModel to search it: one line, status 2.
     assert (

@@ -95,14 +95,14 @@ class CheckedIndex:
         embeddings: float32 `(n, d)`, as given (not normalised).
         ids: a list of `n` str.
         modality: `"image"` or `"text"`.
-        fingerprint: the index's fingerprint.
+        fingerprint: the index's fingerprint (`None`: unknown).
         dtype: the dtype the index stored its embeddings in.
     """
 
     embeddings: np.ndarray
     ids: list
     modality: str
-    fingerprint: str
+    fingerprint: object
     dtype: str
 
     def card(self):
@@ -173,9 +173,9 @@ def check_index(index, width):
             + ("" if all(isinstance(i, str) for i in ids) else ", not all str")
         )
     check_choice("index.modality", index.modality, MODALITIES)
-    if not isinstance(index.fingerprint, str):
+    if index.fingerprint is not None and not isinstance(index.fingerprint, str):
         raise ValueError(
-            "`index.fingerprint` must be a str. Received: "
+            "`index.fingerprint` must be a str or None. Received: "
             f"{type(index.fingerprint).__name__}"
         )
     return CheckedIndex(
