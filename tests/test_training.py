@@ -469,9 +469,15 @@ def test_demo_quick(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
     savedmodels = tmp_path / "savedmodels"
-    assert run_demo(out=tmp_path / "demo", quick=True, savedmodels=savedmodels) == 0
+    # Both baselines and two fusions (every fusion trains in test_zoo.py).
+    models = [*BASELINES, "concat", "gated"]
+    assert set(models) <= set(MODELS)
+    status = run_demo(
+        out=tmp_path / "demo", quick=True, models=models, savedmodels=savedmodels
+    )
+    assert status == 0
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert list(summary["models"]) == list(MODELS)
+    assert list(summary["models"]) == models
     for name, row in summary["models"].items():
         # Each row is its run's own figures.
         saved = json.loads((tmp_path / "demo" / name / "metrics.json").read_text())
@@ -483,7 +489,7 @@ def test_demo_quick(tmp_path, monkeypatch):
     assert summary["best_accuracy"] == fused[summary["best_fusion"]]["accuracy"]
     assert isinstance(summary["target_met"], bool)
     table = (tmp_path / "demo" / "results.md").read_text()
-    assert "| bilinear |" in table and "Best fusion:" in table
+    assert "| gated |" in table and "Best fusion:" in table
     export = summary["export"]
     assert (savedmodels / "easy_vqa" / "1" / "saved_model.pb").is_file()
     assert "easy_vqa" in (savedmodels / "models.config").read_text()
