@@ -346,3 +346,68 @@ def test_easy_vqa_captions_come_from_the_answers():
         0: "a blue rectangle",
         1: "a green circle",
     }
+
+
+def test_retrieval_search_runs_every_part_at_a_tiny_size():
+    from benchmarks import retrieval_search
+
+    tower = {"image_tower": "small_cnn", "text_tower": "bow", "image_filters": [4]}
+    result = retrieval_search.run(
+        sizes=(200, 1000),
+        width=16,
+        repeats=2,
+        min_seconds=0.0,
+        towers=(("tiny", {**tower, "embed_dim": 8}, 32),),
+        embed_batch=4,
+        embed_steps=1,
+        embed_repeats=2,
+        max_tokens=4,
+        vocab_size=50,
+        export_sizes=(200,),
+    )
+    json.dumps(result)  # JSON-ready
+    rows = result["search"]
+    labels = [label for label, *_ in retrieval_search.BACKENDS]
+    assert [(row["size"], row["label"]) for row in rows] == [
+        (size, label) for size in (200, 1000) for label in labels
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        assert set(row["latency_ms"]) == {"1", "100"}
+        assert all(value > 0 for value in row["latency_ms"].values())
+        assert row["build_seconds"] > 0
+        assert row["index_bytes"] == row["size"] * 16 * (
+            2 if row["dtype"] == "float16" else 4
+        )
+        if row["backend"] == "exact":
+            recall = row["recall_at_k_vs_exact_float32"]
+            if row["dtype"] == "float32":
+                assert recall == 1.0
+                assert 0 <= row["exact_top_k_in_query_cluster"] <= 1
+        else:
+            recall = row["recall_at_k"]
+            assert all(v > 0 for v in row["latency_ms_1_thread"].values())
+        assert 0 <= recall <= 1
+    assert next(r for r in rows if r["label"] == "faiss-flat")["recall_at_k"] == 1.0
+    assert result["threads"]["faiss_omp"] >= 1
+
+    [embedding] = result["embedding"]
+    assert "error" not in embedding, embedding
+    assert embedding["images_per_s"] > 0 and embedding["texts_per_s"] > 0
+
+    # The exported search is measured where export_saved_model takes an
+    # index, and said to be missing elsewhere.
+    export = result["export"]
+    if retrieval_search.export_supports_index():
+        [row] = export["rows"]
+        assert "error" not in row, row
+        assert all(value > 0 for value in row["latency_ms"].values())
+    else:
+        assert export == {
+            "available": False,
+            "note": retrieval_search.NOT_AVAILABLE
+            + ": mmzoo.export.saved_model.export_saved_model takes no `index=`",
+        }
+    text = retrieval_search.markdown(result)
+    assert "| 1,000 | faiss-hnsw |" in text and "| tiny |" in text
+    assert ("not available" in text) != retrieval_search.export_supports_index()
