@@ -45,7 +45,8 @@ and faiss-hnsw Recall@10 0.99, noise 2.0 (half of them outside) 0.87 and
 
 Threads: TensorFlow's intra-op pool (the exact search) and faiss' OpenMP
 threads are both set to `--threads` (default: every core this process may
-run on), and both are recorded.
+run on), and both are recorded; each faiss searcher is timed again on one
+thread, since on a shared machine a second thread may wait for its core.
 
     python -m benchmarks.retrieval_search --out DIR
 
@@ -732,19 +733,22 @@ def markdown(result):
             lines.append(head + f" error: {row['error'][:200]} |")
             continue
         recall = row.get("recall_at_k", row.get("recall_at_k_vs_exact_float32"))
+        # float16's top 10 differs from float32's in a row or two per 10^4.
+        recall = f"{recall:.4f}" if row["dtype"] == "float16" else f"{recall:.3f}"
         single = row.get("latency_ms_1_thread")
         single = " / ".join(_ms(single[b]) for b in batches) if single else "-"
         if row["backend"] == "exact":
             build = memory = "-"
         else:
-            build = f"{row['build_seconds']:.3g}"
+            seconds = row["build_seconds"]
+            build = f"{seconds:.3f}" if seconds < 1 else f"{seconds:.3g}"
             memory = (
                 f"{row['build_rss_peak_mb']:,.0f} / {row['build_rss_retained_mb']:,.0f}"
             )
         lines.append(
             head
             + "".join(f" {_ms(row['latency_ms'][b])} |" for b in batches)
-            + f" {single} | {recall:.3f} | {build} | {_mb(row['index_bytes'])} | "
+            + f" {single} | {recall} | {build} | {_mb(row['index_bytes'])} | "
             f"{memory} |"
         )
     for entry in result["skipped"]:
@@ -815,7 +819,11 @@ def export_markdown(export, batches):
         "Python (`embed_texts` + `Index.search`), median ms per call:",
         "",
         "| index size | "
-        + " | ".join(f"SavedModel, {b} texts | Python, {b} texts" for b in batches)
+        + " | ".join(
+            f"SavedModel, {b} {noun} | Python, {b} {noun}"
+            for b in batches
+            for noun in ["text" if b == "1" else "texts"]
+        )
         + " | SavedModel MB | export s |",
         "|---|" + "---|" * (2 * len(batches) + 2),
     ]
