@@ -290,6 +290,8 @@ def _search(args):
         for rank, (item, score) in enumerate(
             zip(results.items[0], results.scores[0], strict=True), start=1
         ):
+            if item is None:  # an approximate backend found fewer than k
+                break
             where = item.get("text") if modality == "text" else item.get("path", "")
             print(f"{rank:4d}  {score:7.4f}  {item['id']}  {where!r}")
     return 0

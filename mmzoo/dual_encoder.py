@@ -207,16 +207,30 @@ class DualEncoder(keras.Model):
 
     @property
     def image_encoder(self):
-        """Image in, `image_embedding` out: a model sharing these weights."""
-        return keras.Model(
-            self.input["image"], self.output["image_embedding"], name="image_encoder"
-        )
+        """Image in, `image_embedding` out: a model sharing these weights
+        (built once)."""
+        return self._half("image", self.input["image"])
 
     @property
     def text_encoder(self):
-        """Text in, `text_embedding` out: a model sharing these weights."""
-        text = self.input.get("tokens", self.input.get("text"))
-        return keras.Model(text, self.output["text_embedding"], name="text_encoder")
+        """Text in, `text_embedding` out: a model sharing these weights
+        (built once)."""
+        return self._half("text", self.input.get("tokens", self.input.get("text")))
+
+    def _half(self, modality, inputs):
+        # Kept outside Keras' attribute tracking: the halves are views of
+        # this model's layers, not layers of its own to save.
+        halves = self.__dict__.get("_halves")
+        if halves is None:
+            halves = {}
+            object.__setattr__(self, "_halves", halves)
+        if modality not in halves:
+            halves[modality] = keras.Model(
+                inputs,
+                self.output[f"{modality}_embedding"],
+                name=f"{modality}_encoder",
+            )
+        return halves[modality]
 
     @property
     def contrastive_loss(self):

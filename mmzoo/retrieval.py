@@ -67,13 +67,26 @@ class SearchResults:
         scores: `(queries, k)` cosine similarities, descending per row.
         rows: `(queries, k)` row numbers in the index.
         items: one list of item dicts per query (id, path, text, ...).
+
+    An approximate backend may find fewer than `k` rows for a query (faiss'
+    IVF, when the cells it probes hold fewer): the places left are row -1,
+    id `None`, item `None` and score `-inf`.
     """
 
     def __init__(self, index, scores, rows):
         self.scores = np.asarray(scores, np.float32)
         self.rows = np.asarray(rows, np.int64)
-        self.ids = [[index.ids[row] for row in query] for query in self.rows]
-        self.items = [[index.items[row] for row in query] for query in self.rows]
+        # An approximate backend may find fewer than k rows (faiss' IVF when
+        # the probed cells hold fewer): row -1, id and item None, score -inf.
+        self.scores[self.rows < 0] = -np.inf
+        self.ids = [
+            [index.ids[row] if row >= 0 else None for row in query]
+            for query in self.rows
+        ]
+        self.items = [
+            [index.items[row] if row >= 0 else None for row in query]
+            for query in self.rows
+        ]
 
     def __len__(self):
         return len(self.rows)
@@ -221,7 +234,9 @@ class Index:
             np.linalg.norm(queries, axis=1, keepdims=True), 1e-12
         )
         if backend == "exact":
-            scores, rows = _exact_top_k(self.embeddings, queries, k)
+            if "exact" not in self._searchers:
+                self._searchers["exact"] = _blocks(self.embeddings)
+            scores, rows = _exact_top_k(self._searchers["exact"], queries, k)
         else:
             key = (backend, tuple(sorted(options.items())))
             if key not in self._searchers:
@@ -354,7 +369,17 @@ def load_indexes(path):
     return parts
 
 
-def _exact_top_k(embeddings, queries, k):
+def _blocks(embeddings):
+    """The index rows as tensors of `_BLOCK_ROWS` rows, kept as stored."""
+    from keras import ops
+
+    return [
+        ops.convert_to_tensor(embeddings[start : start + _BLOCK_ROWS])
+        for start in range(0, len(embeddings), _BLOCK_ROWS)
+    ]
+
+
+def _exact_top_k(blocks, queries, k):
     """Top-k dot products, block by block of index rows, in keras.ops.
 
     keras-rs' `BruteForceRetrieval` layer scores every candidate at once
@@ -364,16 +389,16 @@ def _exact_top_k(embeddings, queries, k):
     """
     from keras import ops
 
-    queries = ops.convert_to_tensor(queries, "float32")
+    # (block, width) @ (width, queries), transposed: the small matrix is
+    # the one transposed.
+    queries = ops.transpose(ops.convert_to_tensor(queries, "float32"))
     best_scores = best_rows = None
-    for start in range(0, len(embeddings), _BLOCK_ROWS):
-        block = ops.cast(
-            ops.convert_to_tensor(embeddings[start : start + _BLOCK_ROWS]), "float32"
-        )
-        scores = ops.matmul(queries, ops.transpose(block))
-        top = min(k, block.shape[0])
-        scores, rows = ops.top_k(scores, k=top)
+    start = 0
+    for block in blocks:
+        block_scores = ops.matmul(ops.cast(block, "float32"), queries)
+        scores, rows = ops.top_k(ops.transpose(block_scores), k=min(k, block.shape[0]))
         rows = ops.cast(rows, "int64") + start
+        start += block.shape[0]
         if best_scores is not None:
             scores = ops.concatenate([best_scores, scores], axis=1)
             rows = ops.concatenate([best_rows, rows], axis=1)

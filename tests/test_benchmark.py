@@ -325,3 +325,58 @@ def test_a_failing_configuration_does_not_stop_its_group():
         row["group"] = 0
     ratios = {r["fusion"]: r["train_ratio"] for r in throughput.overhead(rows)}
     assert set(ratios) == {"concat", "dual:siglip"} and ratios["dual:siglip"] > 0
+
+
+def test_retrieval_search_runs_every_part_at_a_tiny_size():
+    from benchmarks import retrieval_search
+
+    tower = {"image_tower": "small_cnn", "text_tower": "bow", "image_filters": [4]}
+    result = retrieval_search.run(
+        sizes=(200, 1000),
+        width=16,
+        repeats=2,
+        min_seconds=0.0,
+        towers=(("tiny", {**tower, "embed_dim": 8}, 32),),
+        embed_batch=4,
+        embed_steps=1,
+        embed_repeats=2,
+        max_tokens=4,
+        vocab_size=50,
+        export_sizes=(200,),
+    )
+    json.dumps(result)  # JSON-ready
+    rows = result["search"]
+    labels = [label for label, *_ in retrieval_search.BACKENDS]
+    assert [(row["size"], row["label"]) for row in rows] == [
+        (size, label) for size in (200, 1000) for label in labels
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        assert set(row["latency_ms"]) == {"1", "100"}
+        assert all(value > 0 for value in row["latency_ms"].values())
+        assert row["build_seconds"] > 0
+        assert row["index_bytes"] == row["size"] * 16 * (
+            2 if row["dtype"] == "float16" else 4
+        )
+        if row["backend"] == "exact":
+            recall = row["recall_at_k_vs_exact_float32"]
+            if row["dtype"] == "float32":
+                assert recall == 1.0
+                assert 0 <= row["exact_top_k_in_query_cluster"] <= 1
+        else:
+            recall = row["recall_at_k"]
+            assert all(v > 0 for v in row["latency_ms_1_thread"].values())
+        assert 0 <= recall <= 1
+    assert next(r for r in rows if r["label"] == "faiss-flat")["recall_at_k"] == 1.0
+    assert result["threads"]["faiss_omp"] >= 1
+
+    [embedding] = result["embedding"]
+    assert "error" not in embedding, embedding
+    assert embedding["images_per_s"] > 0 and embedding["texts_per_s"] > 0
+
+    # The exported search_by_text, timed on a SavedModel with an index.
+    [row] = result["export"]["rows"]
+    assert "error" not in row, row
+    assert all(value > 0 for value in row["latency_ms"].values())
+    text = retrieval_search.markdown(result)
+    assert "| 1,000 | faiss-hnsw |" in text and "| tiny |" in text
