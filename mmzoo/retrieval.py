@@ -189,12 +189,6 @@ class Index:
         self._searchers.clear()
         return self
 
-    def row(self, id_):
-        """The row number of an id."""
-        if id_ not in self._positions:
-            raise KeyError(f"No item {id_!r} in this index.")
-        return self._positions[id_]
-
     # === Search ===
 
     def search(self, queries, k=10, backend="exact", **options):
@@ -583,11 +577,12 @@ def build_index(
     check_choice("modality", modality, MODALITIES)
     run = _contrastive_run(run)
     manifest = read_manifest(data, run.config.get("columns"))
-    captions = _captions(manifest)
+    usable = _usable_rows(manifest)
+    captions = _captions(manifest, usable)
     if modality == "image":
         # Each image once: its first row with a usable text (the pipeline
         # checks each row's text as well as its image).
-        manifest = _first_row_per_image(manifest)
+        manifest = _first_row_per_image(manifest, usable)
     dataset, report, _ = make_dataset(
         manifest,
         run.tokenizer,
@@ -635,28 +630,33 @@ def build_index(
     return index, report
 
 
-def _captions(manifest):
-    """{image path: the usable texts of its rows} (file manifests)."""
+def _usable_rows(manifest):
+    """Per row: its own fields pass the check (labels not read)."""
     from mmzoo.data.manifest import row_problems
 
+    return [
+        not row_problems(manifest, row, needs_label=False)
+        for row in range(len(manifest))
+    ]
+
+
+def _captions(manifest, usable):
+    """{image path: the usable texts of its rows} (file manifests)."""
     captions = {}
     for row, path in enumerate(manifest.images):
-        if path is not None and not row_problems(manifest, row, needs_label=False):
+        if path is not None and usable[row]:
             captions.setdefault(path, []).append(manifest.texts[row])
     return captions
 
 
-def _first_row_per_image(manifest):
+def _first_row_per_image(manifest, usable):
     """The manifest with one row per image file (TFRecords: as they are)."""
-    from mmzoo.data.manifest import row_problems
-
     if manifest.reader.images_inside:
         return manifest
     chosen = {}
     for row, path in enumerate(manifest.images):
-        usable = not row_problems(manifest, row, needs_label=False)
-        if path not in chosen or (usable and not chosen[path][1]):
-            chosen[path] = (row, usable)
+        if path not in chosen or (usable[row] and not chosen[path][1]):
+            chosen[path] = (row, usable[row])
     subset = manifest.take(sorted(row for row, _ in chosen.values()))
     # The rows refused while parsing still count as skipped.
     subset.problems = list(manifest.problems)
