@@ -13,6 +13,13 @@ import re
 import keras
 
 from mmzoo import registry
+from mmzoo.balance import FEATURE_LAYERS
+from mmzoo.balance import UNIMODAL_OUTPUTS
+from mmzoo.balance import GradientModulation
+from mmzoo.balance import UnimodalHead
+from mmzoo.balance import UnimodalHeads
+from mmzoo.balance import check_balance_arguments
+from mmzoo.balance import trains_unimodal_heads
 from mmzoo.checks import check_choice
 from mmzoo.checks import plain_data
 from mmzoo.layers import ModalityDropout
@@ -66,6 +73,10 @@ DEFAULTS = {
     "fusion_dropout": 0.1,
     "fusion_weights": None,
     "late_combine": "average",
+    # Modality balance (`mmzoo.balance`).
+    "unimodal_heads": 0.0,
+    "balance": None,
+    "balance_alpha": 0.5,
     # Model.
     "seed": None,
     "compile": True,
@@ -100,6 +111,12 @@ class MultimodalModel(keras.Model):
         task: its `mmzoo.tasks.Task`.
         returns_modality_weights: its fusion layer reports per-example
             modality weights, which `with_modality_weights` exposes.
+        unimodal_heads: `{"image": UnimodalHead, "text": ...}` for a model
+            built with `unimodal_heads` or `balance` (`mmzoo.balance`),
+            else `{}`. Training calls (`model(x, training=True)`, so `fit`)
+            add their outputs, `image_only` and `text_only`, and
+            `compute_loss` adds their losses; every other call returns the
+            model's own outputs only.
     """
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
@@ -108,6 +125,80 @@ class MultimodalModel(keras.Model):
         build_arguments = kwargs.pop("build_arguments", None)
         super().__init__(inputs, outputs, name=name, **kwargs)
         self._build_arguments = dict(build_arguments or {})
+        self._unimodal = None
+        self.unimodal_heads = {}
+        if trains_unimodal_heads(self._build_arguments):
+            self._attach_unimodal_heads()
+
+    def _attach_unimodal_heads(self):
+        """The heads on the towers' features, and the training graph that
+        returns their outputs too (built here, not saved in the config, so
+        a loaded model gets them back from its recipe)."""
+        arguments = {**DEFAULTS, **self._build_arguments}
+        task = self.task
+        width = self.output[task.output_name].shape[-1]
+        layers = {m: self.get_layer(name) for m, name in FEATURE_LAYERS.items()}
+        mask = None
+        with contextlib.suppress(ValueError):
+            mask = self.get_layer("text_mask").output
+        outputs = dict(self.output)
+        for modality, layer in layers.items():
+            features = layer.input
+            head = UnimodalHead(
+                width,
+                task.activation,
+                stop_gradient=not arguments["unimodal_heads"],
+                name=UNIMODAL_OUTPUTS[modality],
+            )
+            sequence_mask = mask if len(features.shape) == 3 else None
+            if modality == "image":
+                sequence_mask = None
+            outputs[UNIMODAL_OUTPUTS[modality]] = head(features, mask=sequence_mask)
+            self.unimodal_heads[modality] = head
+        # Not tracked (object.__setattr__): it shares this model's layers,
+        # which must not appear twice in `layers` or the saved file.
+        object.__setattr__(self, "_training_graph", keras.Model(self.input, outputs))
+        self._unimodal = UnimodalHeads(
+            task,
+            arguments["unimodal_heads"],
+            arguments["balance"],
+            arguments["balance_alpha"],
+            layers,
+        )
+        self._unimodal_trackers = list(self._unimodal.trackers.values())
+
+    def call(self, inputs, training=None, mask=None):
+        if training and self._unimodal is not None:
+            return self._training_graph(inputs, training=True)
+        return super().call(inputs, training=training, mask=mask)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        heads = None
+        if self._unimodal is not None:
+            y_pred, heads = self._unimodal.split(y_pred)
+            # Read by `get_metrics_result` in the same step (a Python flag,
+            # so fixed when the step is traced).
+            self._unimodal_step = heads is not None
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if heads is not None:
+            loss = loss + self._unimodal.loss_of(y, heads, sample_weight)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self._unimodal is not None:
+            y_pred, _ = self._unimodal.split(y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def get_metrics_result(self):
+        results = super().get_metrics_result()
+        # The heads' trackers see values in training steps only: a
+        # validation step has no heads' outputs, and would log zeros.
+        if not getattr(self, "_unimodal_step", True):
+            for tracker in self._unimodal_trackers:
+                results.pop(tracker.name, None)
+        return results
 
     @property
     def build_arguments(self):
@@ -239,6 +330,14 @@ def build_model(preset=None, /, **arguments):
         fusion_weights: weighted sum: fixed λ per modality, or `None` to
             learn them.
         late_combine: late fusion: `average`, `learned` or `stacking`.
+        unimodal_heads: the weight of unimodal heads' losses: each tower
+            also predicts the label alone in training (`mmzoo.balance`).
+            Default 0 (none).
+        balance: `None`, `"ogm"` or `"ogm_ge"`: on-the-fly gradient
+            modulation of the dominant modality's tower (Peng et al.
+            2022; `mmzoo.balance`). Default `None`.
+        balance_alpha: OGM's alpha, how hard the dominant tower is slowed
+            down. Default 0.5.
         seed: seed for the model's random layers (modality dropout).
         compile: compile with Adam, the task's loss and metric.
         learning_rate: Adam's learning rate when compiling. Default 1e-3.
@@ -284,6 +383,13 @@ def build_model(preset=None, /, **arguments):
         "trainable_embeddings": not config["freeze_embeddings"],
         "trainable_text_tower": not config["freeze_text_tower"],
     }
+    check_balance_arguments(
+        config["unimodal_heads"],
+        config["balance"],
+        config["balance_alpha"],
+        task,
+        fusion,
+    )
     pooling = _image_pooling(config, fusion)
     # Instantiated first: the layer validates its arguments before any
     # tower is built.
@@ -311,6 +417,19 @@ def build_model(preset=None, /, **arguments):
         sequence, mask = _text_features(context, fusion, text_spec, text)
         features.append(sequence)
         masks.append(mask)
+
+    if trains_unimodal_heads(config):
+        # Named, so that the unimodal heads find each tower's features
+        # (`MultimodalModel`); the identity unless `balance` modulates.
+        features = [
+            GradientModulation(
+                active=config["balance"] is not None,
+                noise=config["balance"] == "ogm_ge",
+                seed=config["seed"],
+                name=FEATURE_LAYERS[modality],
+            )(feature)
+            for modality, feature in zip(fusion.modalities, features, strict=True)
+        ]
 
     # === Fusion and head ===
     fused = _fuse(layer, features, masks)

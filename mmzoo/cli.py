@@ -511,6 +511,25 @@ def _add_train_arguments(parser):
     flag("--fusion", help=_names(registry.list_fusions()))
     add("--task", choices=registry.list_tasks(), **keep)
     flag("--loss", help=f"task contrastive: {_names(registry.list_losses())}")
+    flag(
+        "--unimodal-heads",
+        convert=float,
+        metavar="W",
+        help="weight of per-tower heads' losses (0: none)",
+    )
+    add(
+        "--balance",
+        choices=("none", "ogm", "ogm_ge"),
+        help="gradient modulation of the dominant modality (OGM-GE)",
+        **keep,
+    )
+    flag("--balance-alpha", convert=float, metavar="F", help="OGM's alpha")
+    add(
+        "--baselines",
+        action="store_true",
+        help="also train image_only and text_only; compare in baselines.md",
+        **keep,
+    )
     flag("--image-size", convert=int, metavar="N")
     flag("--max-tokens", convert=int, metavar="N")
     flag("--vocab-size", convert=int, metavar="N")

@@ -52,6 +52,8 @@ class Task:
             image where the data allows (see `mmzoo.data.make_dataset`).
         losses: the names `loss=` may choose from (empty: the task's
             `loss` only).
+        headline: the `evaluate` metric that ranks models of the task
+            (`mmzoo train --baselines`), and `higher_is_better` its sense.
 
     Example:
 
@@ -75,6 +77,8 @@ class Task:
     needs_labels = True
     distinct_images = False
     losses = ()
+    headline = "accuracy"
+    higher_is_better = True
 
     def __repr__(self):
         return f"<Task {self.name}>"
@@ -99,10 +103,14 @@ class Task:
             config: the run's configuration (`mmzoo.training.config`).
             num_classes: from the training data (`num_classes`).
         """
+        balance = config.get("balance", "none")
         return {
             "fusion": config["fusion"],
             "num_classes": num_classes,
             "seed": config["seed"],
+            "unimodal_heads": config.get("unimodal_heads", 0.0),
+            "balance": None if balance == "none" else balance,
+            "balance_alpha": config.get("balance_alpha", 0.5),
         }
 
     def num_outputs(self, num_classes):
@@ -282,6 +290,7 @@ class Multilabel(Task):
     loss = "binary_crossentropy"
     metrics = ("binary_accuracy",)
     multilabel = True
+    headline = "micro_f1"
 
     def targets(self, raw_labels, labels, source=""):
         targets = np.zeros((len(raw_labels), len(labels)), np.float32)
@@ -364,6 +373,8 @@ class Regression(Task):
     loss = "mean_squared_error"
     metrics = ("mean_absolute_error",)
     classes = False
+    headline = "rmse"
+    higher_is_better = False
 
     def num_outputs(self, num_classes):
         if num_classes is None:
@@ -442,6 +453,7 @@ class Contrastive(Task):
     fused = False
     needs_labels = False
     distinct_images = True
+    headline = "image_to_text_R@1"
 
     @property
     def losses(self):

@@ -79,6 +79,8 @@ BAD = {
     "lr": ["nan", "inf", "0", "-1"],
     "seed": ["-1", "x"],
     "patience": ["0"],
+    "unimodal_heads": ["-1", "x", "nan"],
+    "balance_alpha": ["0", "-1"],
     "max_bad_fraction": ["2", "-0.5", "nan"],
     "cache": ["{missing}/cache"],
     "image_weights": ["{missing}"],

@@ -120,6 +120,9 @@ def test_every_task_trains_evaluates_predicts_and_exports(task, tmp_path):
     task = mmzoo.get_task(task)
     raw = task.example_labels(12, data_fixtures.LABELS, seed=1)
     manifest = data_fixtures.clean_manifest(tmp_path / "data", rows=12, labels=raw)
+    # With the balancing options (mmzoo.balance): every export below must
+    # drop the unimodal heads, which exist in training only.
+    balancing = {"unimodal_heads": 0.5, "balance": "ogm_ge" if task.classes else "none"}
     result = trainer.train(
         train=manifest,
         val=manifest,
@@ -129,8 +132,11 @@ def test_every_task_trains_evaluates_predicts_and_exports(task, tmp_path):
         epochs=2,
         out=tmp_path / "run",
         verbose=0,
+        **balancing,
         **TINY,
     )
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    assert "image_only_loss" in history.split(",")
     run = load_run(tmp_path / "run")
     assert run.task is task and (run.labels is not None) is task.classes
     # `evaluate` on the test manifest gives the run's own test figures.
@@ -147,7 +153,11 @@ def test_every_task_trains_evaluates_predicts_and_exports(task, tmp_path):
         assert answer["scores"] == sorted(answer["scores"], reverse=True)
     else:
         assert len(answer["predictions"]) == len(raw[0].split("|"))
-    run_export_test(run, rows.images[:4], rows.texts[:4], tmp_path / "export")
+    served, lite = run_export_test(
+        run, rows.images[:4], rows.texts[:4], tmp_path / "export"
+    )
+    assert not any(name.endswith("_only") for name in served)
+    assert not any(name.endswith("_only") for name in lite["max_abs_diff_by_output"])
 
 
 def test_metrics_match_a_direct_computation(manifest, tmp_path):

@@ -47,6 +47,14 @@ DEFAULTS = {
     "hub_handle": None,
     # A contrastive task's loss (`mmzoo.losses.LOSSES`); default "clip".
     "loss": None,
+    # Modality balance of fused models (`mmzoo.balance`): the unimodal
+    # heads' loss weight (0: none), gradient modulation, its alpha.
+    "unimodal_heads": 0.0,
+    "balance": "none",
+    "balance_alpha": 0.5,
+    # Also train image_only and text_only runs with the same budget, in
+    # OUT/baselines/, and compare (`baselines.md`).
+    "baselines": False,
     # Any other argument of the task's builder (`mmzoo.build_model`, or
     # `mmzoo.build_dual_encoder` for task "contrastive"), e.g.
     # {"image_filters": [16, 32]} or {"embed_dim": 64}.
@@ -160,6 +168,42 @@ def validate(config):
             f"loss={config['loss']!r}",
             "loss",
         )
+    balancing = config["unimodal_heads"] or config["balance"] != "none"
+    if balancing or config["baselines"]:
+        key = (
+            "baselines"
+            if config["baselines"]
+            else ("unimodal_heads" if config["unimodal_heads"] else "balance")
+        )
+        if not task.fused:
+            raise ConfigError(
+                f"`{key}` applies to models that fuse an image and a text; "
+                f"task={task.name!r} trains a dual encoder. Received: "
+                f"{key}={config[key]!r}",
+                key,
+            )
+        modalities = FUSIONS[config["fusion"]].modalities
+        if len(modalities) < 2:
+            raise ConfigError(
+                f"`{key}` compares or balances two modalities; "
+                f"fusion={config['fusion']!r} reads only {modalities[0]!r}. "
+                f"Received: {key}={config[key]!r}",
+                key,
+            )
+    if config["balance"] != "none" and not task.classes:
+        raise ConfigError(
+            "`balance` scores each modality by its probability of the right "
+            f"class; task={task.name!r} has no classes. Use `unimodal_heads` "
+            f"alone. Received: balance={config['balance']!r}",
+            "balance",
+        )
+    if balancing and config["strategy"] == "multiworker":
+        raise ConfigError(
+            "`unimodal_heads` and `balance` train through Keras `fit`; the "
+            "multiworker loop computes the compiled loss only. Use strategy "
+            "'default' or 'mirrored'.",
+            "strategy",
+        )
     if config["image_weights"] in _NO_WEIGHTS:
         config["image_weights"] = None
     takes = set(registry.text_tower(config["text_tower"]).arguments.values())
@@ -188,6 +232,7 @@ _CHOICES = {
     "strategy": STRATEGIES,
     "resize": ("stretch", "pad"),
     "lr_schedule": ("constant", "cosine"),
+    "balance": ("none", "ogm", "ogm_ge"),
 }
 _NO_WEIGHTS = ("none", "None", "")
 _NO_CACHE = ("none", "None")
@@ -239,6 +284,15 @@ _RULES = {
         "true, false or a mapping of augmentation settings",
     ),
     "freeze_image_tower": (lambda value: isinstance(value, bool), "true or false"),
+    "baselines": (lambda value: isinstance(value, bool), "true or false"),
+    "unimodal_heads": (
+        lambda value: _is_number(value) and math.isfinite(value) and value >= 0,
+        "a number >= 0 (0: no unimodal heads)",
+    ),
+    "balance_alpha": (
+        lambda value: _is_number(value) and math.isfinite(value) and value > 0,
+        "a finite positive number",
+    ),
     "mixed_precision": (lambda value: isinstance(value, bool), "true or false"),
     "xla": (lambda value: isinstance(value, bool), "true or false"),
     "model": (

@@ -506,6 +506,12 @@ def _check_model(model, strategy):
             "custom_fit trains with the model's compiled optimizer and loss; "
             "compile the model (inside `strategy.scope()`) first."
         )
+    if getattr(model, "unimodal_heads", None):
+        raise ValueError(
+            f"Model {model.name!r} has unimodal heads (`unimodal_heads` or "
+            "`balance`, see mmzoo.balance), whose losses `fit` adds; custom_fit "
+            "computes the compiled loss only. Train it with `model.fit`."
+        )
     outside = [
         variable.path
         for variable in model.variables

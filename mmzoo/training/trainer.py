@@ -83,6 +83,11 @@ def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
         # Every worker runs this function; only the chief writes the run.
         config = {**config, "out": tempfile.mkdtemp(prefix="mmzoo-worker-")}
     out = config["out"]
+    if resume and config["baselines"] and _finished(out):
+        # Interrupted while training the baselines: the fused run is done.
+        result = {"run_dir": out, "metrics": _run_metrics(out)}
+        result["baselines"] = _train_baselines(config, resume, verbose, callbacks)
+        return result
     created = _prepare_folder(out, resume)
     progress = _Progress()
     policy = keras.config.dtype_policy()
@@ -91,7 +96,7 @@ def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
             run_config.save(config, os.path.join(out, runs.CONFIG))
         if config["mixed_precision"]:
             keras.config.set_dtype_policy("mixed_float16")
-        return _train(config, resume, verbose, list(callbacks), progress)
+        result = _train(config, resume, verbose, list(callbacks), progress)
     except TrainingDiverged as error:
         kept = _discard_diverged(out, resume, created, progress)
         raise TrainingDiverged(f"{error} {kept}") from None
@@ -101,6 +106,120 @@ def train(config=None, resume=False, verbose="auto", callbacks=(), **overrides):
         raise
     finally:
         keras.config.set_dtype_policy(policy)
+    if config["baselines"]:
+        result["baselines"] = _train_baselines(config, resume, verbose, callbacks)
+    return result
+
+
+# The unimodal runs `--baselines` trains beside the fused one.
+BASELINES = ("image_only", "text_only")
+
+
+def _train_baselines(config, resume, verbose, callbacks):
+    """Train `BASELINES` with the fused run's configuration and budget, in
+    OUT/baselines/, and write OUT/baselines.md and baselines.json.
+
+    On `resume`, a baseline with its metrics written is kept, one with a
+    backup resumed, and a missing one trained.
+
+    Returns:
+        The comparison (`compare_runs`).
+    """
+    out = config["out"]
+    results = {"fused": _run_metrics(out)}
+    for fusion in BASELINES:
+        folder = os.path.join(out, "baselines", fusion)
+        finished = os.path.isfile(os.path.join(folder, runs.METRICS))
+        if not (resume and finished):
+            logger.info("Baseline %s (same budget) in %s", fusion, folder)
+            baseline = {
+                **config,
+                "fusion": fusion,
+                "out": folder,
+                "baselines": False,
+                # The baselines are the plain unimodal models.
+                "unimodal_heads": 0.0,
+                "balance": "none",
+            }
+            again = resume and os.path.isdir(os.path.join(folder, runs.BACKUP))
+            if again:
+                train(resume=True, verbose=verbose, callbacks=callbacks, out=folder)
+            else:
+                train(baseline, verbose=verbose, callbacks=callbacks)
+        results[fusion] = _run_metrics(folder)
+    comparison = compare_runs(results, config)
+    with open(os.path.join(out, "baselines.json"), "w", encoding="utf-8") as file:
+        json.dump(comparison, file, indent=2)
+    with open(os.path.join(out, "baselines.md"), "w", encoding="utf-8") as file:
+        file.write(comparison["table"])
+    return comparison
+
+
+def _finished(folder):
+    """A run folder whose training ended (metrics written, no backup)."""
+    return os.path.isfile(os.path.join(folder, runs.METRICS)) and not os.path.isdir(
+        os.path.join(folder, runs.BACKUP)
+    )
+
+
+def _run_metrics(folder):
+    with open(os.path.join(folder, runs.METRICS), encoding="utf-8") as file:
+        return json.load(file)
+
+
+def compare_runs(results, config):
+    """Fused against unimodal: the task's headline metric per split.
+
+    Args:
+        results: `{"fused": metrics, "image_only": metrics, ...}`, each a
+            run's metrics.json.
+        config: the fused run's configuration.
+
+    Returns:
+        `{"metric", "higher_is_better", "splits": {split: {run: value,
+        "best_unimodal": name, "fusion_gain": fused - best unimodal (signed
+        so that positive is better)}}, "table": markdown}`.
+    """
+    task = get_task(config["task"])
+    metric = task.headline
+    sense = 1.0 if task.higher_is_better else -1.0
+    splits = {}
+    for split in ("val", "test"):
+        values = {
+            name: metrics[split][metric]
+            for name, metrics in results.items()
+            if metric in metrics.get(split, {})
+        }
+        if "fused" not in values or len(values) < 2:
+            continue
+        unimodal = {k: v for k, v in values.items() if k != "fused"}
+        best = max(unimodal, key=lambda name: sense * unimodal[name])
+        splits[split] = {
+            **values,
+            "best_unimodal": best,
+            "fusion_gain": sense * (values["fused"] - unimodal[best]),
+        }
+    names = list(results)
+    fused_name = f"fused ({config['fusion']})"
+    header = ["split", *(fused_name if n == "fused" else n for n in names)]
+    lines = [
+        f"# Fusion against its unimodal baselines ({metric})",
+        "",
+        "| " + " | ".join([*header, "fused − best unimodal"]) + " |",
+        "|" + "---|" * (len(header) + 1),
+    ]
+    for split, row in splits.items():
+        cells = [f"{row[n]:.4f}" if n in row else "-" for n in names]
+        lines.append(
+            f"| {split} | " + " | ".join(cells) + f" | {row['fusion_gain']:+.4f} |"
+        )
+    lines.append("")
+    return {
+        "metric": metric,
+        "higher_is_better": task.higher_is_better,
+        "splits": splits,
+        "table": "\n".join(lines),
+    }
 
 
 class _Progress(keras.callbacks.Callback):
