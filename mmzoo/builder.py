@@ -24,7 +24,9 @@ from mmzoo.checks import check_choice
 from mmzoo.checks import plain_data
 from mmzoo.layers import ModalityDropout
 from mmzoo.layers import PaddingMask
+from mmzoo.tasks import MultiTask
 from mmzoo.tasks import get_task
+from mmzoo.tasks import task_of
 from mmzoo.towers.image import POOLINGS
 from mmzoo.towers.image import build_image_tower
 from mmzoo.towers.image import check_image_size
@@ -40,6 +42,8 @@ DEFAULTS = {
     # Task and head.
     "task": "multiclass",
     "num_classes": None,
+    # Several heads, each a task of its own (`mmzoo.tasks.MultiTask`).
+    "heads": None,
     "head_units": (256,),
     "dropout": 0.2,
     "modality_dropout": 0.0,
@@ -206,7 +210,7 @@ class MultimodalModel(keras.Model):
 
     @property
     def task(self):
-        return get_task(self._build_arguments.get("task", DEFAULTS["task"]))
+        return task_of(self._build_arguments)
 
     @property
     def returns_modality_weights(self):
@@ -301,6 +305,14 @@ def build_model(preset=None, /, **arguments):
             encoder instead: `build_model(task="contrastive", **arguments)`
             is `mmzoo.build_dual_encoder(**arguments)`.
         num_classes: classes (or regression targets).
+        heads: several outputs over the same fused features instead of
+            one, `{name: {"task": ..., "num_classes": ..., "weight": ...}}`
+            (`mmzoo.tasks.MultiTask`): each head is an output named after
+            it, with `head_units` hidden layers of its own and its task's
+            activation, compiled with its task's loss and metrics, the loss
+            weighted by `weight` (default 1). `task` and `num_classes` then
+            stay unset. Not with fusion `late` (its own logits) nor with
+            `unimodal_heads` or `balance`.
         head_units: widths of the head's hidden layers. Default `(256,)`.
         dropout: dropout after each hidden head layer. Default 0.2.
         modality_dropout: probability that a training example loses its
@@ -348,9 +360,10 @@ def build_model(preset=None, /, **arguments):
         0-255 RGB) and `tokens` (batch, max_tokens; int32; 0 is padding),
         or `text` (strings) for the `hub` tower. Unimodal baselines take
         both inputs and ignore one. Its output is the dict
-        `{"probabilities": ...}` (`"predictions"` for regression), float32
-        under any mixed-precision policy; `with_modality_weights(model)`
-        adds the modality weights of fusions that compute them.
+        `{"probabilities": ...}` (`"predictions"` for regression), or with
+        `heads` one entry per head, float32 under any mixed-precision
+        policy; `with_modality_weights(model)` adds the modality weights of
+        fusions that compute them.
 
     Examples:
 
@@ -362,13 +375,19 @@ def build_model(preset=None, /, **arguments):
     >>> sorted(model.output)
     ['probabilities']
     >>> bigger = mmzoo.build_model(model, image_size=96)
+    >>> vqa = mmzoo.build_model(
+    ...     fusion="bilinear", image_size=64, max_tokens=16,
+    ...     heads={"answer": {"task": "multiclass", "num_classes": 13},
+    ...            "kind": {"task": "binary", "weight": 0.5}})
+    >>> sorted(vqa.output)
+    ['answer', 'kind']
     """
     task = get_task(arguments.get("task", DEFAULTS["task"]))
     if not task.fused and preset is None:
         # E.g. task="contrastive": a dual encoder (`build_dual_encoder`).
         return task.build(**{k: v for k, v in arguments.items() if k != "task"})
     config, preset_name = _resolve(preset, arguments)
-    task = get_task(config["task"])
+    task = task_of(config)
     if not task.fused:
         raise ValueError(
             f"task={task.name!r} builds no fused model, so there is no preset "
@@ -377,6 +396,8 @@ def build_model(preset=None, /, **arguments):
         )
     fusion = registry.fusion(config["fusion"])
     text_spec = registry.text_tower(config["text_tower"])
+    if task.heads:
+        _check_heads(config, fusion)
     context = {
         **config,
         "num_outputs": task.num_outputs(config["num_classes"]),
@@ -431,11 +452,15 @@ def build_model(preset=None, /, **arguments):
             for modality, feature in zip(fusion.modalities, features, strict=True)
         ]
 
-    # === Fusion and head ===
+    # === Fusion and heads ===
     fused = _fuse(layer, features, masks)
-    if not fusion.returns_logits:
-        fused = _head(fused, config, context["num_outputs"])
-    outputs = {task.output_name: task.output_layer(fused)}
+    outputs = {}
+    # One output, or one per head of a multi-task model (`task.heads`).
+    for spec in task.output_specs(config["num_classes"]):
+        logits = fused
+        if not fusion.returns_logits:
+            logits = _head(fused, config, spec.width, spec.prefix)
+        outputs[spec.name] = spec.task.output_layer(logits, name=spec.name)
 
     # === Model ===
     name = config["name"] or preset_name or _components_name(config)
@@ -490,6 +515,9 @@ def _resolve(preset, arguments):
     registry.text_tower(config["text_tower"])
     registry.fusion(config["fusion"])
     get_task(config["task"])
+    if config["heads"] is not None:
+        # Complete, so that the recipe holds every head's task and weight.
+        config["heads"] = MultiTask(config["heads"]).spec
     check_image_size(config["image_size"])
     return config, preset_name
 
@@ -652,10 +680,40 @@ def _fuse(layer, features, masks):
     return fused
 
 
-def _head(fused, config, width):
-    """Dense + ReLU + dropout per `head_units` width, then the logits."""
+def _head(fused, config, width, prefix=""):
+    """Dense + ReLU + dropout per `head_units` width, then the logits; the
+    layers' names start with `prefix` (a multi-task model's head name)."""
     x = fused
     for index, units in enumerate(config["head_units"]):
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{index}")(x)
-        x = keras.layers.Dropout(config["dropout"], name=f"head_dropout_{index}")(x)
-    return keras.layers.Dense(width, name="logits")(x)
+        x = keras.layers.Dense(
+            units, activation="relu", name=f"{prefix}head_dense_{index}"
+        )(x)
+        x = keras.layers.Dropout(
+            config["dropout"], name=f"{prefix}head_dropout_{index}"
+        )(x)
+    return keras.layers.Dense(width, name=f"{prefix}logits")(x)
+
+
+def _check_heads(config, fusion):
+    """Refuse what a model with several heads cannot combine with."""
+    if config["task"] != DEFAULTS["task"]:
+        raise ValueError(
+            "With `heads`, each head names its own task: leave `task` unset "
+            f"(or pass heads=None for one output). Received: task={config['task']!r}"
+        )
+    if fusion.returns_logits:
+        raise ValueError(
+            f"fusion={fusion.name!r} ends in its own logits, one per modality, "
+            "so it has room for one output only; a model with `heads` needs a "
+            "fusion that gives features (e.g. 'concat', 'gated', 'bilinear')."
+        )
+    if trains_unimodal_heads(config):
+        # The unimodal heads predict the model's one output from each tower;
+        # per head of several they would need a loss and a score each.
+        raise ValueError(
+            "`unimodal_heads` and `balance` train each tower to predict the "
+            "model's single output; a model with `heads` has several, which "
+            "they do not support. Received: "
+            f"unimodal_heads={config['unimodal_heads']!r}, "
+            f"balance={config['balance']!r}"
+        )

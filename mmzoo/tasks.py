@@ -19,17 +19,33 @@ metrics are imported inside the methods that need them), so the registry
 and `mmzoo list` stay light.
 """
 
+import collections
+import difflib
+import os
+import re
 from types import MappingProxyType
 
 import numpy as np
 
 from mmzoo.checks import check_choice
 from mmzoo.data.manifest import LABEL_SEPARATOR
+from mmzoo.data.manifest import LABELS_FILE
+from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.data.manifest import ManifestError
+from mmzoo.data.manifest import Problem
+from mmzoo.data.manifest import label_value_problems
 from mmzoo.data.manifest import split_labels
 
 
 class TargetError(ValueError):
     """Labels that cannot become a task's targets; the message says why."""
+
+
+# One output of a model, as `mmzoo.build_model` builds it: its name (a key
+# of the outputs dict), the task it predicts, its width, and the prefix of
+# its head's layer names ("" for a single-task model's `head_dense_0`,
+# `logits`; "answer_" for head `answer`'s `answer_head_dense_0`, ...).
+OutputSpec = collections.namedtuple("OutputSpec", "name task width prefix")
 
 
 class Task:
@@ -54,6 +70,10 @@ class Task:
             `loss` only).
         headline: the `evaluate` metric that ranks models of the task
             (`mmzoo train --baselines`), and `higher_is_better` its sense.
+        label_columns: manifest columns read besides `label` (a
+            `MultiTask`'s heads' columns).
+        heads: the model's heads (empty: one output, `output_name`; see
+            `MultiTask`).
 
     Example:
 
@@ -79,6 +99,8 @@ class Task:
     losses = ()
     headline = "accuracy"
     higher_is_better = True
+    label_columns = ()
+    heads = ()
 
     def __repr__(self):
         return f"<Task {self.name}>"
@@ -126,6 +148,11 @@ class Task:
         """How many class names an output of `width` units needs."""
         return width
 
+    def output_specs(self, num_classes):
+        """The model's outputs (`OutputSpec`s) for `num_classes`: one here,
+        `output_name`, with the layer names of a single-task head."""
+        return [OutputSpec(self.output_name, self, self.num_outputs(num_classes), "")]
+
     def num_classes(self, labels, target_spec):
         """`num_classes` for `build_model`, from the training data.
 
@@ -138,12 +165,13 @@ class Task:
         """
         return len(labels)
 
-    def output_layer(self, logits):
-        """The task's activation, computed in float32 under mixed precision."""
+    def output_layer(self, logits, name=None):
+        """The task's activation, computed in float32 under mixed precision,
+        in a layer named `name` (default `output_name`)."""
         import keras
 
         return keras.layers.Activation(
-            self.activation, dtype="float32", name=self.output_name
+            self.activation, dtype="float32", name=name or self.output_name
         )(logits)
 
     def compile_arguments(self, learning_rate=1e-3):
@@ -179,6 +207,53 @@ class Task:
 
     # === Data ===
 
+    def fit_labels(self, manifest, rows):
+        """The label vocabulary of training data: `manifest`'s `rows`
+        (indices of good rows); `None` when `classes` is false."""
+        if not self.classes:
+            return None
+        return LabelVocabulary.fit(
+            (manifest.labels[i] for i in rows), multilabel=self.multilabel
+        )
+
+    def save_labels(self, labels, folder):
+        """Write `labels` (from `fit_labels`) into `folder`: `labels.txt`.
+
+        Returns:
+            The paths written (none when `labels` is `None`).
+        """
+        if labels is None:
+            return []
+        os.makedirs(folder, exist_ok=True)
+        return [labels.save(os.path.join(folder, LABELS_FILE))]
+
+    def load_labels(self, path):
+        """The labels `save_labels` wrote into folder `path` (or the
+        `labels.txt` file itself); `None` when there are none."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, LABELS_FILE)
+        if not os.path.isfile(path):
+            return None
+        return LabelVocabulary.load(path)
+
+    def label_names(self, labels, model):
+        """The class names of each output, checked against the model's
+        output widths: a list (`None` for a task without classes)."""
+        width = model.output[self.output_name].shape[-1]
+        return _names_for(self, labels, width)
+
+    def row_checks(self, labels):
+        """Checks of a row's labels beyond `check_manifest`'s own (which
+        reads the `label` column): `None`, or a function `(manifest, index)
+        -> [Problem]` (a `MultiTask`'s heads' columns).
+
+        Args:
+            labels: the training labels to check against (`None`: no
+                vocabulary check, e.g. training data itself).
+        """
+        return None
+
     def manifest_targets(self, manifest, rows, labels):
         """The targets of a manifest's `rows` (indices), for `make_dataset`.
 
@@ -209,6 +284,11 @@ class Task:
         return [names[i % len(names)] for i in rng.permutation(count)]
 
     # === Answers ===
+
+    def output_tensors(self, outputs):
+        """The task's output(s) in a model's outputs dict, as they are (in
+        a serving graph: tensors)."""
+        return outputs[self.output_name]
 
     def output_of(self, outputs):
         """What `answer`, `evaluate` and `agreement` read of a model's
@@ -565,6 +645,493 @@ class Contrastive(Task):
         except ValueError:
             pass  # one image or one text only: no mismatched pairs
         return metrics
+
+
+# === Several heads ===
+
+# What a head spec holds, with its defaults (`column`: the head's name).
+HEAD_DEFAULTS = {
+    "task": "multiclass",
+    "num_classes": None,
+    "weight": 1.0,
+    "column": None,
+}
+
+# A head's name is an output name, and a prefix of the exported outputs
+# (`answer_top_k_labels`): a Python identifier keeps it valid everywhere
+# (Keras layer names, SavedModel signature keys, TFLite tensor names).
+_HEAD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+# Names the model or its exports use already: its inputs, the modality
+# weights (`mmzoo.with_modality_weights`), the unimodal heads
+# (`mmzoo.balance`) and single-task outputs.
+_TAKEN_NAMES = (
+    "image",
+    "tokens",
+    "text",
+    "modality_weights",
+    "image_only",
+    "text_only",
+    "top_k_labels",
+    "top_k_scores",
+)
+_SERVING_SUFFIXES = ("_top_k_labels", "_top_k_scores")
+
+Head = collections.namedtuple("Head", "name task num_classes weight column")
+
+
+def check_heads(heads, argument="heads"):
+    """Validated heads: a tuple of `Head`s, in the order given.
+
+    Args:
+        heads: `{name: {"task": ..., "num_classes": ..., "weight": ...,
+            "column": ...}}` (every key optional: `HEAD_DEFAULTS`).
+        argument: how the message names `heads` (e.g. a config key).
+
+    Raises:
+        ValueError: naming the head and the key at fault.
+    """
+    example = (
+        "{'answer': {'task': 'multiclass'}, 'kind': {'task': 'binary', 'weight': 0.5}}"
+    )
+    if not isinstance(heads, dict) or not heads:
+        raise ValueError(
+            f"`{argument}` must be a non-empty mapping of head names to head "
+            f"specs, e.g. {example}. Received: {argument}={heads!r}"
+        )
+    checked = []
+    fused = sorted(name for name, task in TASKS.items() if task.fused)
+    for name, spec in heads.items():
+        where = f"{argument}[{name!r}]"
+        if not isinstance(name, str) or not _HEAD_NAME.fullmatch(name):
+            raise ValueError(
+                f"Each key of `{argument}` names a head, and so a model output: "
+                "a letter, then letters, digits or '_'. Received: "
+                f"{argument} key {name!r}"
+            )
+        if name in _TAKEN_NAMES or name.endswith(_SERVING_SUFFIXES):
+            raise ValueError(
+                f"Head name {name!r} is taken: the model and its exports use "
+                f"{list(_TAKEN_NAMES)} and the suffixes "
+                f"{list(_SERVING_SUFFIXES)}. Choose another name in `{argument}`."
+            )
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise ValueError(
+                f"`{where}` must be a mapping of {sorted(HEAD_DEFAULTS)}. "
+                f"Received: {where}={spec!r}"
+            )
+        for key in spec:
+            if key not in HEAD_DEFAULTS:
+                close = difflib.get_close_matches(str(key), HEAD_DEFAULTS, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"`{where}` has an unknown key {key!r}.{hint} Valid keys: "
+                    f"{sorted(HEAD_DEFAULTS)}"
+                )
+        spec = {**HEAD_DEFAULTS, **spec}
+        check_choice(f"{where}['task']", spec["task"], fused)
+        task = TASKS[spec["task"]]
+        weight = spec["weight"]
+        if (
+            not isinstance(weight, (int, float))
+            or isinstance(weight, bool)
+            or not np.isfinite(weight)
+            or weight < 0
+        ):
+            raise ValueError(
+                f"`{where}['weight']` is the head's loss weight, a finite number "
+                f">= 0. Received: weight={weight!r}"
+            )
+        if spec["num_classes"] is not None:
+            try:
+                task.num_outputs(spec["num_classes"])
+            except ValueError as error:
+                raise ValueError(f"`{where}`: {error}") from None
+        column = name if spec["column"] is None else spec["column"]
+        if not isinstance(column, str) or not column.strip():
+            raise ValueError(
+                f"`{where}['column']` is the manifest column holding the head's "
+                f"labels, a non-empty string. Received: column={column!r}"
+            )
+        checked.append(Head(name, task, spec["num_classes"], float(weight), column))
+    if not any(head.weight > 0 for head in checked):
+        raise ValueError(
+            f"At least one head of `{argument}` needs a weight above 0, or "
+            "nothing trains. Received weights: "
+            f"{ {head.name: head.weight for head in checked} }"
+        )
+    return tuple(checked)
+
+
+class MultiTask(Task):
+    """Several heads over one model's fused features, each a task of its own.
+
+    `mmzoo.build_model(heads=...)` builds one: every head is an output of
+    its own (named after the head), with its own hidden layers, loss,
+    metrics, targets and answers, read from the head's task (`multiclass`,
+    `multilabel`, `binary` or `regression`); the compiled loss is the sum
+    of the heads' losses times their `weight`. Each head's labels come from
+    a manifest column of its own (`column`, default the head's name), with
+    a label vocabulary of its own. Everything a task does, this one does by
+    asking each head's task: the targets, answers, exported outputs,
+    agreement and evaluation are dicts by head.
+
+    The first head is the primary one: `output_name` (what reads a single
+    output, such as `mmzoo.export.tflite.parity`'s headline difference) and
+    `headline` are its.
+
+    Args:
+        heads: `{name: {"task": ..., "num_classes": ..., "weight": ...,
+            "column": ...}}`, every key optional (`HEAD_DEFAULTS`).
+
+    Example:
+
+    >>> task = MultiTask({"answer": {"num_classes": 13},
+    ...                   "kind": {"task": "binary", "weight": 0.5}})
+    >>> task.output_names
+    ('answer', 'kind')
+    >>> task.compile_arguments()["loss_weights"]
+    {'answer': 1.0, 'kind': 0.5}
+    """
+
+    name = "multitask"
+    description = "several heads over the same fused features (build_model(heads=...))"
+    # The `label` column is not read: each head reads its own column.
+    needs_labels = False
+
+    def __init__(self, heads):
+        self.heads = check_heads(heads)
+
+    def __repr__(self):
+        heads = ", ".join(f"{head.name}: {head.task.name}" for head in self.heads)
+        return f"<Task multitask ({heads})>"
+
+    def __eq__(self, other):
+        return isinstance(other, MultiTask) and self.spec == other.spec
+
+    def __hash__(self):
+        return hash(repr(sorted(self.spec.items())))
+
+    @property
+    def spec(self):
+        """The heads as plain data: `build_model`'s `heads`, complete."""
+        return {
+            head.name: {
+                "task": head.task.name,
+                "num_classes": head.num_classes,
+                "weight": head.weight,
+                "column": head.column,
+            }
+            for head in self.heads
+        }
+
+    @property
+    def output_name(self):
+        return self.heads[0].name
+
+    @property
+    def output_names(self):
+        return tuple(head.name for head in self.heads)
+
+    @property
+    def classes(self):
+        return any(head.task.classes for head in self.heads)
+
+    @property
+    def headline(self):
+        return self.heads[0].task.headline
+
+    @property
+    def higher_is_better(self):
+        return self.heads[0].task.higher_is_better
+
+    @property
+    def label_columns(self):
+        return tuple(dict.fromkeys(head.column for head in self.heads))
+
+    # === Model ===
+
+    def build(self, **arguments):
+        from mmzoo.builder import build_model
+
+        return build_model(**{"heads": self.spec, **arguments})
+
+    def model_arguments(self, config, num_classes):
+        spec = self.spec
+        for name, count in num_classes.items():
+            spec[name]["num_classes"] = count
+        return {"fusion": config["fusion"], "seed": config["seed"], "heads": spec}
+
+    def num_outputs(self, num_classes):
+        if num_classes is not None:
+            raise ValueError(
+                "A model with `heads` takes each head's `num_classes` in its "
+                f"spec, not `num_classes`. Received: num_classes={num_classes!r}"
+            )
+        return None
+
+    def output_specs(self, num_classes=None):
+        self.num_outputs(num_classes)
+        specs = []
+        for head in self.heads:
+            try:
+                width = head.task.num_outputs(head.num_classes)
+            except ValueError as error:
+                raise ValueError(f"`heads[{head.name!r}]`: {error}") from None
+            specs.append(OutputSpec(head.name, head.task, width, f"{head.name}_"))
+        return specs
+
+    def num_classes(self, labels, target_spec):
+        return {
+            head.name: head.task.num_classes(labels[head.name], target_spec[head.name])
+            for head in self.heads
+        }
+
+    def compile_arguments(self, learning_rate=1e-3):
+        import keras
+
+        return {
+            "optimizer": keras.optimizers.Adam(learning_rate),
+            "loss": {head.name: head.task.loss for head in self.heads},
+            "loss_weights": {head.name: head.weight for head in self.heads},
+            "metrics": {head.name: list(head.task.metrics) for head in self.heads},
+        }
+
+    # === Data ===
+
+    def fit_labels(self, manifest, rows):
+        values = self._columns(manifest)
+        return {
+            head.name: LabelVocabulary.fit(
+                (values[head.column][i] for i in rows), multilabel=head.task.multilabel
+            )
+            if head.task.classes
+            else None
+            for head in self.heads
+        }
+
+    def save_labels(self, labels, folder):
+        """Write each head's vocabulary to `folder/labels/<head>.txt`."""
+        folder = os.path.join(folder, "labels")
+        written = []
+        for head in self.heads:
+            if labels.get(head.name) is not None:
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"{head.name}.txt")
+                written.append(labels[head.name].save(path))
+        return written
+
+    def load_labels(self, path):
+        """`{head: LabelVocabulary or None}` from `path/labels/<head>.txt`.
+
+        Raises:
+            FileNotFoundError: a head with classes has no file there.
+        """
+        labels = {}
+        for head in self.heads:
+            if not head.task.classes:
+                labels[head.name] = None
+                continue
+            file = os.path.join(os.fspath(path), "labels", f"{head.name}.txt")
+            if not os.path.isfile(file):
+                raise FileNotFoundError(
+                    f"Label vocabulary of head {head.name!r} not found: {file!r}"
+                )
+            labels[head.name] = LabelVocabulary.load(file)
+        return labels
+
+    def label_files(self):
+        """Where `save_labels` writes, relative to its folder, by head."""
+        return {
+            head.name: f"labels/{head.name}.txt"
+            for head in self.heads
+            if head.task.classes
+        }
+
+    def label_names(self, labels, model):
+        return {
+            head.name: _names_for(
+                head.task,
+                (labels or {}).get(head.name),
+                model.output[head.name].shape[-1],
+            )
+            for head in self.heads
+        }
+
+    def row_checks(self, labels):
+        def check(manifest, index):
+            values = self._columns(manifest)
+            line, source = manifest.lines[index], manifest.source
+            problems = []
+            for head in self.heads:
+                value = values[head.column][index]
+                found = label_value_problems(line, head.column, value, source)
+                if found or value is None:
+                    problems += found
+                    continue
+                problem = _value_problem(head, value, (labels or {}).get(head.name))
+                if problem is not None:
+                    problems.append(Problem(line, *problem, source))
+            return problems
+
+        return check
+
+    def manifest_targets(self, manifest, rows, labels):
+        values = self._columns(manifest)
+        return self.targets(
+            {head.name: [values[head.column][i] for i in rows] for head in self.heads},
+            labels,
+            manifest.source,
+        )
+
+    def targets(self, raw_labels, labels, source=""):
+        """`{head: target array}` from `{head: raw label strings}`."""
+        targets = {}
+        for head in self.heads:
+            where = f"{source} (head {head.name!r}, column {head.column!r})"
+            targets[head.name] = head.task.targets(
+                raw_labels[head.name], labels.get(head.name), where
+            )
+        return targets
+
+    def example_labels(self, count, names, seed=0):
+        return {
+            head.name: head.task.example_labels(count, names, seed + index)
+            for index, head in enumerate(self.heads)
+        }
+
+    def _columns(self, manifest):
+        """The manifest's values of every head's column."""
+        missing = [c for c in self.label_columns if c not in manifest.label_columns]
+        if missing:
+            raise ManifestError(
+                f"{manifest.source} was read without the column(s) {missing} that "
+                "the heads read: read it with read_manifest(path, "
+                f"label_columns={list(self.label_columns)})."
+            )
+        return manifest.label_columns
+
+    # === Answers ===
+
+    def output_tensors(self, outputs):
+        return {head.name: outputs[head.name] for head in self.heads}
+
+    def output_of(self, outputs):
+        return {
+            head.name: head.task.output_of({head.task.output_name: outputs[head.name]})
+            for head in self.heads
+        }
+
+    def answer(self, output, labels, top_k=5):
+        return {
+            "heads": {
+                head.name: head.task.answer(
+                    output[head.name], labels.get(head.name), top_k
+                )
+                for head in self.heads
+            }
+        }
+
+    def serving_outputs(self, output, label_names, top_k):
+        """Each head's exported outputs: its own under the head's name
+        (e.g. `answer`), the others prefixed (`answer_top_k_labels`)."""
+        results = {}
+        for head in self.heads:
+            names = (label_names or {}).get(head.name)
+            for key, value in head.task.serving_outputs(
+                output[head.name], names, top_k
+            ).items():
+                name = (
+                    head.name if key == head.task.output_name else f"{head.name}_{key}"
+                )
+                results[name] = value
+        return results
+
+    def agreement(self, first, second):
+        """The fraction of examples answered alike by every head that has
+        an answer to agree on (`None` if none has: all regression)."""
+        alike = None
+        for head in self.heads:
+            a, b = first[head.name], second[head.name]
+            if head.task.agreement(a, b) is None:
+                continue
+            same = np.asarray(
+                [head.task.agreement(a[i : i + 1], b[i : i + 1]) for i in range(len(a))]
+            )
+            alike = same == 1.0 if alike is None else alike & (same == 1.0)
+        return None if alike is None else float(np.mean(alike))
+
+    # === Evaluation ===
+
+    def evaluate(self, targets, output, labels):
+        """`{"examples", "heads": {head: its task's metrics}}`."""
+        heads = {
+            head.name: head.task.evaluate(
+                targets[head.name], output[head.name], labels.get(head.name)
+            )
+            for head in self.heads
+        }
+        examples = next(iter(heads.values()))["examples"]
+        return {"examples": examples, "heads": heads}
+
+
+def _value_problem(head, value, labels):
+    """`(reason, detail)` for a head value its task cannot use, or None."""
+    if head.task.classes:
+        unknown = labels.unknown(value, head.task.multilabel) if labels else []
+        if unknown:
+            return (
+                "unknown_label",
+                f"{', '.join(map(repr, unknown))} in column `{head.column}` (not "
+                f"in the {len(labels)} training labels of head {head.name!r})",
+            )
+        if head.task.multilabel and not split_labels(value):
+            return "missing_column", f"no label in `{head.column}` value {value!r}"
+        return None
+    try:
+        [float(part) for part in value.split(LABEL_SEPARATOR)]
+    except ValueError:
+        return (
+            "invalid_label",
+            f"`{head.column}` value {value[:60]!r} is not a number (head "
+            f"{head.name!r} is a {head.task.name} head)",
+        )
+    return None
+
+
+def task_of(arguments):
+    """The task that `build_model` arguments or a run configuration name:
+    a `MultiTask` of their `heads`, else the registered `task`.
+
+    Example:
+
+    >>> task_of({"task": "binary"})
+    <Task binary>
+    >>> task_of({"heads": {"answer": {}, "kind": {"task": "binary"}}})
+    <Task multitask (answer: multiclass, kind: binary)>
+    """
+    heads = arguments.get("heads")
+    if heads:
+        return MultiTask(heads)
+    return get_task(arguments.get("task") or "multiclass")
+
+
+def _names_for(task, labels, width):
+    """`labels`' names for an output of `width` units of `task`, checked."""
+    if not task.classes:
+        return None
+    if labels is None:
+        raise ValueError(f"A {task.name} model needs `labels`, its class names.")
+    names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
+    expected = task.num_labels(width)
+    if len(names) != expected:
+        raise ValueError(
+            f"The model has {width} output units, so a {task.name} task needs "
+            f"{expected} labels. Received: {len(names)} labels"
+        )
+    return names
 
 
 def _index(labels, name, source):

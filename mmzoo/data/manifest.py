@@ -36,6 +36,9 @@ REASONS = {
     "empty_text": "the text is empty or only whitespace",
     "invalid_utf8": "the text, label or image path is not valid UTF-8",
     "unknown_label": "the label is not in the label vocabulary",
+    "invalid_label": (
+        "a label its task cannot read (a regression value that is not a number)"
+    ),
 }
 
 # 64 megapixels: larger than any camera photo a model is trained on, and
@@ -50,6 +53,9 @@ DEFAULT_MAX_BAD_FRACTION = 0.01
 
 # Multilabel rows separate their labels with this character.
 LABEL_SEPARATOR = "|"
+
+# A label vocabulary's file in a run folder (`LabelVocabulary.save`).
+LABELS_FILE = "labels.txt"
 
 
 class ManifestError(ValueError):
@@ -98,6 +104,10 @@ class Manifest:
         texts: the text of each row.
         labels: the raw label string of each row (multilabel rows keep
             their `|` separators).
+        label_columns: `{column: raw values, one per row}` of the other
+            label columns read (`read_manifest(..., label_columns=...)`:
+            the columns of a multi-task model's heads), `None` where a row
+            has no value.
         problems: rows refused while parsing.
     """
 
@@ -107,6 +117,7 @@ class Manifest:
     images: list = dataclasses.field(default_factory=list)
     texts: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
+    label_columns: dict = dataclasses.field(default_factory=dict)
     problems: list = dataclasses.field(default_factory=list)
 
     def __len__(self):
@@ -122,11 +133,13 @@ class Manifest:
         """Every row the manifest holds, parsed or not."""
         return len(self.lines) + len(self.problems)
 
-    def append(self, line, image, text, label):
+    def append(self, line, image, text, label, label_columns=None):
         self.lines.append(line)
         self.images.append(image)
         self.texts.append(text)
         self.labels.append(label)
+        for column, value in (label_columns or {}).items():
+            self.label_columns.setdefault(column, []).append(value)
 
     def take(self, rows):
         """A manifest of some of the rows, e.g. a sample to calibrate on.
@@ -158,6 +171,7 @@ class Manifest:
             images=pick(self.images),
             texts=pick(self.texts),
             labels=pick(self.labels),
+            label_columns={c: pick(v) for c, v in self.label_columns.items()},
             problems=[],
         )
 
@@ -215,6 +229,30 @@ def row_problems(manifest, index, needs_label=True):
         if not is_valid_utf8(image):
             problems.append(_utf8_problem(line, "image path", image, source))
     return problems
+
+
+def label_value_problems(line, column, value, source):
+    """Problems with a label value of column `column` as a field: missing,
+    not UTF-8, or holding a line break (it is written to a labels file).
+
+    The checks of `row_problems` for the `label` column, for any other
+    label column (a multi-task model's heads, `mmzoo.tasks.MultiTask`).
+    """
+    if value is None:
+        return [Problem(line, "missing_column", f"no `{column}` value", source)]
+    if not is_valid_utf8(value):
+        return [_utf8_problem(line, f"`{column}` value", value, source)]
+    if "\n" in value or "\r" in value:
+        return [
+            Problem(
+                line,
+                "malformed_row",
+                f"a line break in `{column}` value {value[:60]!r} (a labels "
+                "file holds one label per line)",
+                source,
+            )
+        ]
+    return []
 
 
 def _utf8_problem(line, field, value, source):
