@@ -148,6 +148,7 @@ def check_manifest(
     progress=False,
     strict=False,
     needs_labels=None,
+    row_checks=None,
 ):
     """Find every bad row of a manifest, with its line and reason.
 
@@ -172,6 +173,9 @@ def check_manifest(
         needs_labels: a row without a label is bad. `None`: when any row
             has one (a manifest without labels, for a contrastive task, is
             checked as such); `False`: labels are not read at all.
+        row_checks: more checks of a row's fields, a function `(manifest,
+            index) -> [Problem]`: a multi-task model's label columns
+            (`mmzoo.tasks.Task.row_checks`).
 
     Returns:
         A `DataReport`.
@@ -212,6 +216,8 @@ def check_manifest(
                         manifest.source,
                     )
                 )
+        if row_checks is not None:
+            found += row_checks(manifest, index)
         if found:
             bad.add(index)
             problems.extend(found)

@@ -28,7 +28,6 @@ from mmzoo.data.check import DataError
 from mmzoo.data.check import check_manifest
 from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
-from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import Manifest
 from mmzoo.data.sources import read_manifest
 from mmzoo.data.tokenizers import load_tokenizer
@@ -93,12 +92,16 @@ def make_dataset(
             the order is the manifest's.
         labels: a `LabelVocabulary` or labels.txt path: the training labels
             when this is evaluation data. `None` builds the vocabulary from
-            this manifest (training data).
+            this manifest (training data). For a `MultiTask`, `{head:
+            LabelVocabulary or None}` or the folder its `save_labels`
+            wrote to.
         task: a task name or `mmzoo.tasks.Task`, which turns the labels
             into targets: `"multiclass"` (int labels), `"multilabel"`
             (`|`-separated labels, multi-hot targets), `"binary"` (two
             labels, the second in vocabulary order is 1) or `"regression"`
-            (numbers, `|`-separated for several targets).
+            (numbers, `|`-separated for several targets); a
+            `mmzoo.tasks.MultiTask` reads each head's column (bad values
+            in any are bad rows) and yields `{head: targets}`.
         resize: `"stretch"` or `"pad"` (keep the aspect ratio).
         augment: `False`, `True` (flip, 10% crop, brightness, contrast) or a
             dict of `augment_image` arguments. Only when `training`. Off by
@@ -155,7 +158,9 @@ def make_dataset(
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if isinstance(labels, (str, os.PathLike)):
-        labels = LabelVocabulary.load(labels)
+        path, labels = labels, task.load_labels(labels)
+        if labels is None:
+            raise FileNotFoundError(f"Label vocabulary not found: {path!r}")
     augmentation = _augmentation(augment) if training else None
     shuffle = training if shuffle is None else shuffle
     if epoch is not None and seed is None:
@@ -164,7 +169,7 @@ def make_dataset(
     if isinstance(source, Manifest):
         manifest = source
     else:
-        manifest = read_manifest(source, columns)
+        manifest = read_manifest(source, columns, task.label_columns)
     memory_cache = cache == "memory"
     if memory_cache:
         _check_memory_cache(manifest, image_size)
@@ -182,10 +187,8 @@ def make_dataset(
     )
     good = report.good
 
-    if task.classes and labels is None:
-        labels = LabelVocabulary.fit(
-            (manifest.labels[i] for i in good), multilabel=task.multilabel
-        )
+    if labels is None:
+        labels = task.fit_labels(manifest, good)
     targets = _targets(task, manifest, good, labels, report)
     texts = tf.constant([manifest.texts[i].encode("utf-8") for i in good], tf.string)
     # A dict for a contrastive task (the rows' image and text ids).
@@ -320,9 +323,11 @@ def _checked_report(
     check_labels = labels if task.classes and unknown_labels != "unknown" else None
     report = check_manifest(
         manifest,
-        labels=check_labels,
+        # The `label` column, for the tasks that read it.
+        labels=check_labels if task.needs_labels else None,
         multilabel=task.multilabel,
         needs_labels=task.needs_labels,
+        row_checks=task.row_checks(check_labels),
         **check_arguments,
     )
     if unknown_labels == "error" and "unknown_label" in report.counts:

@@ -77,12 +77,14 @@ class SourceReader:
         return path.endswith(cls.suffix)
 
     @classmethod
-    def read(cls, path, columns):
+    def read(cls, path, columns, label_columns=()):
         """The `Manifest` of the file at `path`.
 
         Args:
             path: an existing path that `recognises` accepts.
             columns: a full mapping from mmzoo's column names to the file's.
+            label_columns: the file's other label columns to read, into
+                `Manifest.label_columns`.
         """
         raise NotImplementedError
 
@@ -199,11 +201,11 @@ class CsvReader(_ImageFilesReader):
     suffix = ".csv"
 
     @classmethod
-    def read(cls, path, columns):
-        return cls.parse(_read_text_file(path), path, columns)
+    def read(cls, path, columns, label_columns=()):
+        return cls.parse(_read_text_file(path), path, columns, label_columns)
 
     @classmethod
-    def parse(cls, text, path, columns):
+    def parse(cls, text, path, columns, label_columns=()):
         """The `Manifest` of a CSV file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
@@ -214,9 +216,12 @@ class CsvReader(_ImageFilesReader):
                 continue  # a blank line
             if header is None:
                 header, positions = _csv_header(path, columns, line, end, problem, row)
+                extra = _csv_label_columns(path, line, header, label_columns)
                 continue
             if problem is None:
                 problem = _csv_row_problem(row, header, positions, columns, line, end)
+            if problem is None and end > line:
+                problem = _csv_line_break(row, extra, line, end)
             if problem is not None:
                 manifest.problems.append(Problem(line, "malformed_row", problem, path))
                 # What follows the row's first line is read again: a
@@ -229,6 +234,7 @@ class CsvReader(_ImageFilesReader):
                 _resolve(folder, values["image"].strip()),
                 values["text"],
                 values.get("label", "").strip() or None,
+                {c: row[p].strip() or None for c, p in extra.items()},
             )
         if header is None:
             raise ManifestError(f"{path}: the manifest is empty (no header row).")
@@ -254,6 +260,30 @@ def _csv_header(path, columns, line, end, problem, row):
     return header, {
         c: header.index(columns[c]) for c in COLUMNS if columns[c] in header
     }
+
+
+def _csv_label_columns(path, line, header, label_columns):
+    """`{column: position}` of the other label columns asked for."""
+    missing = [column for column in label_columns if column not in header]
+    if missing:
+        raise ManifestError(
+            f"{path}:{line}: the header lacks the label column(s) {missing} "
+            f"(a head's `column`). Columns found: {header}."
+        )
+    return {column: header.index(column) for column in label_columns}
+
+
+def _csv_line_break(row, extra, line, end):
+    """Why a record over several lines cannot be a row: a line break in
+    another label column (see `_csv_row_problem`), or None."""
+    for column, position in extra.items():
+        value = row[position]
+        if "\n" in value or "\r" in value:
+            return (
+                f"a line break in the `{column}` field (a quoted field runs from "
+                f"this line to line {end}: is a quote left open?)"
+            )
+    return None
 
 
 def _csv_row_problem(row, header, positions, columns, line, end):
@@ -419,11 +449,11 @@ class JsonlReader(_ImageFilesReader):
     suffix = ".jsonl"
 
     @classmethod
-    def read(cls, path, columns):
-        return cls.parse(_read_text_file(path), path, columns)
+    def read(cls, path, columns, label_columns=()):
+        return cls.parse(_read_text_file(path), path, columns, label_columns)
 
     @classmethod
-    def parse(cls, text, path, columns):
+    def parse(cls, text, path, columns, label_columns=()):
         """The `Manifest` of a JSONL file's decoded text (see `read`)."""
         manifest = Manifest(source=path, reader=cls())
         folder = os.path.dirname(os.path.abspath(path))
@@ -453,6 +483,7 @@ class JsonlReader(_ImageFilesReader):
                 image = _json_string(row, columns["image"])
                 text_value = _json_string(row, columns["text"])
                 label = _json_label(row, columns["label"])
+                extra = {c: _json_label(row, c) for c in label_columns}
             except _WrongType as error:
                 manifest.problems.append(
                     Problem(line, "malformed_row", str(error), path)
@@ -463,6 +494,10 @@ class JsonlReader(_ImageFilesReader):
                 _resolve(folder, image),
                 text_value,
                 (label.strip() or None) if label is not None else None,
+                {
+                    c: (v.strip() or None) if v is not None else None
+                    for c, v in extra.items()
+                },
             )
         return manifest
 
@@ -616,9 +651,16 @@ class TFRecordReader(SourceReader):
         return f"<TFRecordReader of {len(self.files)} shard(s)>"
 
     @classmethod
-    def read(cls, path, columns):
+    def read(cls, path, columns, label_columns=()):
         # The records have fixed feature names: `columns` renames nothing.
         path = os.fspath(path)
+        others = [column for column in label_columns if column != "label"]
+        if others:
+            raise ManifestError(
+                f"TFRecord shards hold one label column, `label`; {path!r} cannot "
+                f"give the label column(s) {others} (a head's `column`). Train "
+                "a model with several heads from the CSV or JSONL manifest."
+            )
         files = shard_paths(path)
         manifest = Manifest(source=path, reader=None)
         infos = []
@@ -644,6 +686,8 @@ class TFRecordReader(SourceReader):
                     f"{error.message.splitlines()[0]}"
                 ) from None
         manifest.reader = cls(files, range(len(manifest)), infos, len(manifest))
+        if label_columns:
+            manifest.label_columns["label"] = list(manifest.labels)
         return manifest
 
     def take(self, rows):
@@ -745,7 +789,7 @@ READERS = (CsvReader, JsonlReader, TFRecordReader)
 MANIFEST_SUFFIXES = tuple(reader.suffix for reader in READERS)
 
 
-def read_manifest(path, columns=None):
+def read_manifest(path, columns=None, label_columns=()):
     """Read a CSV, JSONL or TFRecord manifest.
 
     Args:
@@ -753,6 +797,11 @@ def read_manifest(path, columns=None):
             shards written by `mmzoo data to-tfrecord`.
         columns: optional mapping from mmzoo's column names (`image`,
             `text`, `label`) to the manifest's, e.g. `{"text": "question"}`.
+        label_columns: other label columns to read (CSV columns, JSONL
+            keys), the manifest's own names, into `Manifest.label_columns`:
+            a multi-task model's heads' columns (`mmzoo.tasks.MultiTask`).
+            A CSV header without one is a `ManifestError`; TFRecord shards
+            hold only `label`.
 
     Returns:
         A `Manifest`.
@@ -773,7 +822,7 @@ def read_manifest(path, columns=None):
     _manifest_mode(path, "Manifest")
     for reader in READERS:
         if reader.recognises(path):
-            return reader.read(path, names)
+            return reader.read(path, names, tuple(label_columns))
     raise ManifestError(
         f"Cannot tell the format of manifest {path!r}: its name must end in "
         f"one of {list(MANIFEST_SUFFIXES)}, or it must be a folder of "
