@@ -157,9 +157,24 @@ def _predict(args):
     from mmzoo.runs import predict
 
     result = predict(args.model, args.image, args.text, top_k=args.top_k)
+    # A model with several heads answers once per head.
+    for head, answer in result.get("heads", {}).items():
+        print(f"{head}:")
+        _print_answer(answer, "  ")
+    _print_answer(result)
+    if "modality_weights" in result:
+        weights = result["modality_weights"]
+        image, text = weights["image"], weights["text"]
+        print(f"modality weights: image {image:.3f}, text {text:.3f}")
+    return 0
+
+
+def _print_answer(result, indent=""):
     if "labels" in result:
         for label, score in zip(result["labels"], result["scores"], strict=True):
-            print(f"{score:8.4f}  {label}")
+            print(f"{indent}{score:8.4f}  {label}")
+    elif "predictions" in result:
+        print(f"{indent}predictions:", result["predictions"])
     elif "similarity" in result:
         line = f"similarity: {result['similarity']:.4f}"
         if "match" in result:
@@ -169,13 +184,6 @@ def _predict(args):
                 f"{result['match_threshold']:.4f})"
             )
         print(line)
-    else:
-        print("predictions:", result["predictions"])
-    if "modality_weights" in result:
-        weights = result["modality_weights"]
-        image, text = weights["image"], weights["text"]
-        print(f"modality weights: image {image:.3f}, text {text:.3f}")
-    return 0
 
 
 def _export(args):

@@ -150,7 +150,10 @@ def format_metrics(metrics) -> str:
 
     Args:
         metrics: a dict returned by `classification_metrics` or
-            `regression_metrics` (or read back from its JSON file).
+            `regression_metrics` (or read back from its JSON file); or
+            `{"examples", "heads": {head: such a dict}}`, the metrics of a
+            model with several heads (`mmzoo.tasks.MultiTask.evaluate`),
+            reported head by head.
 
     Returns:
         The headline numbers, one per line, then, for classification, a
@@ -177,6 +180,13 @@ def format_metrics(metrics) -> str:
             "`metrics` must be a dict returned by `classification_metrics` or "
             f"`regression_metrics`. Received: {_describe(metrics)}"
         )
+    if isinstance(metrics.get("heads"), dict):
+        # A model with several heads: each head's report under its name.
+        sections = [f"Examples: {metrics['examples']}"]
+        for head, head_metrics in metrics["heads"].items():
+            report = format_metrics(head_metrics).splitlines()[1:]  # no Examples
+            sections.append("\n".join([f"Head {head}:", *report]))
+        return "\n\n".join(sections)
     if "image_to_text_median_rank" in metrics:
         return _format_retrieval(metrics)
     if "mae" in metrics:

@@ -7,7 +7,8 @@ models -> training -> run -> export / serving.
 
 RUN_DIR/
   config.yaml         the resolved configuration
-  labels.txt          class names in output order
+  labels.txt          class names in output order (a model with several
+                      heads: labels/<head>.txt, one per head with classes)
   tokenizer/          vocabulary.txt + tokenizer.json (word or WordPiece)
   model.keras         the model after the last epoch
   best.keras          the best epoch by validation loss
@@ -29,7 +30,7 @@ from mmzoo.builder import explained_model
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.saving import ModelFileError
 from mmzoo.saving import load_model
-from mmzoo.tasks import get_task
+from mmzoo.tasks import task_of
 
 CONFIG = "config.yaml"
 LABELS = "labels.txt"
@@ -48,7 +49,8 @@ class Run:
     Attributes:
         model: the Keras model.
         tokenizer: its tokenizer (`None` for a TF-Hub text tower).
-        labels: its `LabelVocabulary` (`None` for regression).
+        labels: its `LabelVocabulary` (`None` for regression); for a model
+            with several heads, `{head: LabelVocabulary or None}`.
         config: the run's configuration dict.
         directory: the run folder.
     """
@@ -65,8 +67,8 @@ class Run:
 
     @property
     def task(self):
-        """The run's `mmzoo.tasks.Task`."""
-        return get_task(self.config.get("task", "multiclass"))
+        """The run's `mmzoo.tasks.Task` (a `MultiTask` for `heads`)."""
+        return task_of(self.config)
 
     @property
     def output_name(self):
@@ -128,14 +130,12 @@ def load_run(path):
     else:
         raise FileNotFoundError(f"No run folder or model file at {path!r}")
     config = _read_config(os.path.join(directory, CONFIG))
-    labels = None
-    if os.path.isfile(os.path.join(directory, LABELS)):
-        labels = LabelVocabulary.load(os.path.join(directory, LABELS))
+    task = task_of(config)
+    labels = task.load_labels(directory)
     tokenizer = None
     if os.path.isdir(os.path.join(directory, TOKENIZER)):
         tokenizer = load_tokenizer(os.path.join(directory, TOKENIZER))
     model = load_model(model_path)
-    task = get_task(config.get("task", "multiclass"))
     _check_run_model(model, model_path, task)
     if "tokens" in model.input and tokenizer is None:
         raise FileNotFoundError(
@@ -219,6 +219,8 @@ def predict(run, image, text, top_k=5, max_pixels=None):
     Returns:
         `{"labels": [...], "scores": [...], "modality_weights": {"image":
         w, "text": w}}` (the weights only for fusions that compute them;
+        for a model with several heads, `{"heads": {head: its answer},
+        "modality_weights": ...}`;
         `"predictions"` instead of labels for regression; for a
         contrastive run, `{"similarity": s}`, the cosine similarity of the
         image's and the text's embeddings, with `"match"` and

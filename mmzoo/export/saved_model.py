@@ -70,7 +70,6 @@ from mmzoo.builder import explained_model
 from mmzoo.checks import check_choice
 from mmzoo.data import images as image_lib
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
-from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.export import serving
 from mmzoo.export.encoders import check_index
 from mmzoo.export.encoders import embedding_width
@@ -131,7 +130,7 @@ class _ServingFunctions:
         }
         outputs = _call_model(self.model, features)
         results = self.task.serving_outputs(
-            outputs[self.task.output_name], self.label_names, self.top_k
+            self.task.output_tensors(outputs), self.label_names, self.top_k
         )
         if "modality_weights" in outputs:
             results["modality_weights"] = outputs["modality_weights"]
@@ -220,25 +219,13 @@ def _check_arguments(model, tokenizer, labels, image_size, resize, task, top_k):
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
     _check_inputs(model, tokenizer, image_size, resize)
-    output = task.output_name
-    if output not in model.output:
+    missing = [name for name in task.output_names if name not in model.output]
+    if missing:
         raise ValueError(
-            f"A {task.name} model has a `{output}` output. Received: outputs "
-            f"{sorted(model.output)}"
+            f"A {task.name} model has the output(s) {list(task.output_names)}. "
+            f"Received: outputs {sorted(model.output)}"
         )
-    if not task.classes:
-        return None
-    if labels is None:
-        raise ValueError(f"A {task.name} model needs `labels`, its class names.")
-    names = list(labels.names if isinstance(labels, LabelVocabulary) else labels)
-    width = model.output[output].shape[-1]
-    expected = task.num_labels(width)
-    if len(names) != expected:
-        raise ValueError(
-            f"The model has {width} output units, so a {task.name} task needs "
-            f"{expected} labels. Received: {len(names)} labels"
-        )
-    return names
+    return task.label_names(labels, model)
 
 
 def _check_inputs(model, tokenizer, image_size, resize):
@@ -688,12 +675,28 @@ def _model_card(run, signatures, name, version, records, outputs):
     return card
 
 
-def _classifier_card(top_k, label_names):
-    return {
+def _classifier_card(task, top_k, label_names):
+    card = {
         "top_k": top_k,
         "labels": label_names,
         "labels_file": f"{ASSETS_EXTRA}/{LABELS_FILE}" if label_names else None,
     }
+    if task.heads:
+        # Each head's task, loss weight, labels and exported outputs.
+        files = task.label_files()
+        card["labels_file"] = None
+        card["heads"] = {
+            head.name: {
+                "task": head.task.name,
+                "weight": head.weight,
+                "labels": label_names[head.name],
+                "labels_file": f"{ASSETS_EXTRA}/{files[head.name]}"
+                if head.name in files
+                else None,
+            }
+            for head in task.heads
+        }
+    return card
 
 
 def _encoder_card(model, index):
@@ -984,9 +987,9 @@ def export_saved_model(
             task=run.task,
             top_k=top_k,
         )
-        label_names = list(run.labels.names) if run.task.classes else None
+        label_names = run.task.label_names(run.labels, run.model)
         requests = _pair_requests(name, examples)
-        outputs_card = _classifier_card(top_k, label_names)
+        outputs_card = _classifier_card(run.task, top_k, label_names)
     else:
         checked = None
         if index is not None:
@@ -1017,7 +1020,7 @@ def export_saved_model(
         os.makedirs(extra, exist_ok=True)
         records = _write_warmup(os.path.join(extra, WARMUP_FILE), requests)
         if label_names is not None:
-            LabelVocabulary(label_names).save(os.path.join(extra, LABELS_FILE))
+            run.task.save_labels(run.labels, extra)
         if run.tokenizer is not None:
             run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
         signatures = _signatures_card(_load_and_warm_up(staging))

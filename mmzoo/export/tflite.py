@@ -448,7 +448,9 @@ def calibration_examples(run, representative=None, num_calibration=200, seed=0):
     if isinstance(representative, (str, os.PathLike, Manifest)):
         manifest = representative
         if not isinstance(manifest, Manifest):
-            manifest = read_manifest(manifest, run.config.get("columns"))
+            manifest = read_manifest(
+                manifest, run.config.get("columns"), run.task.label_columns
+            )
         manifest = _sample_rows(manifest, num_calibration, seed)
         batches = make_dataset(
             manifest,
@@ -457,7 +459,7 @@ def calibration_examples(run, representative=None, num_calibration=200, seed=0):
             batch_size=1,
             training=False,
             labels=run.labels,
-            task=run.task.name,
+            task=run.task,
             resize=run.resize,
             # Calibration only needs examples: bad rows are skipped, not fatal.
             max_bad_fraction=1.0,
@@ -629,9 +631,8 @@ def _export_encoders(run, path, quantize, representative, num_calibration, batch
 def _write_companions(run, path, content, quantize, batch_size):
     """labels.txt, the tokenizer files, the Python tokenizer and the card."""
     folder = os.path.dirname(os.path.abspath(path))
-    written = []
-    if run.labels is not None:
-        written.append(run.labels.save(os.path.join(folder, LABELS_FILE)))
+    # labels.txt, or labels/<head>.txt for a model with several heads.
+    written = run.task.save_labels(run.labels, folder)
     tokenizer_files, tokenizer_card = _write_tokenizer(run, folder)
     written += tokenizer_files
     signature = signature_details(content)
@@ -646,6 +647,18 @@ def _write_companions(run, path, content, quantize, batch_size):
         **_preparation_card(run, quantize, batch_size, tokenizer_card),
         "ops": list_ops(content),
     }
+    if run.task.heads:
+        files = run.task.label_files()
+        card["labels"] = None
+        card["heads"] = {
+            head.name: {
+                "task": head.task.name,
+                "weight": head.weight,
+                "output": head.name,
+                "labels": files.get(head.name),
+            }
+            for head in run.task.heads
+        }
     written.append(_write_card(path, card))
     return written
 
@@ -801,7 +814,13 @@ def parity(run_or_model, tflite_path, features):
     )
     got, want = _both_outputs(task, model, runner, _feature_batches(features))
     main = task.output_name if task.fused else next(iter(want))
-    return _parity_report(task, got, want, main)
+    report = _parity_report(task, got, want, main)
+    if task.heads:
+        report["agreement_by_head"] = {
+            head.name: head.task.agreement(got[head.name], want[head.name])
+            for head in task.heads
+        }
+    return report
 
 
 def _task_and_model(run_or_model):
@@ -871,12 +890,14 @@ def _parity_report(task, got, want, main):
         for name in want
     }
     tflite, keras_values = got[main], want[main]
+    # A model with several heads: answered alike by every head.
+    both = (got, want) if task.heads else (tflite, keras_values)
     return {
         "examples": len(keras_values),
         "output": main,
         "max_abs_diff": by_output[main],
         "cosine_similarity": float(np.mean(_cosine(tflite, keras_values))),
-        "top1_agreement": task.agreement(tflite, keras_values),
+        "top1_agreement": task.agreement(*both),
         "max_abs_diff_by_output": by_output,
     }
 

@@ -19,6 +19,7 @@ from mmzoo.registry import FUSIONS
 from mmzoo.registry import IMAGE_TOWERS
 from mmzoo.registry import TASKS
 from mmzoo.registry import TEXT_TOWERS
+from mmzoo.tasks import check_heads
 from mmzoo.towers.image import MIN_IMAGE_SIZE
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -30,6 +31,11 @@ DEFAULTS = {
     "test": None,
     "columns": None,
     "task": "multiclass",
+    # Several heads over the fused features, each with its task, label
+    # column and loss weight (`mmzoo.tasks.MultiTask`), e.g. {"answer":
+    # {"task": "multiclass", "column": "label"}, "kind": {"task":
+    # "binary", "column": "is_yes_no", "weight": 0.5}}. None: one output.
+    "heads": None,
     "image_size": 64,
     "resize": "stretch",
     "augment": False,
@@ -160,6 +166,8 @@ def validate(config):
     if config["out"] is None:
         raise ConfigError("`out` (the run folder) is required.", "out")
     task = TASKS[config["task"]]
+    if config["heads"] is not None:
+        _check_heads(config)
     if config["loss"] is not None and config["loss"] not in task.losses:
         users = sorted(name for name, spec in TASKS.items() if spec.losses)
         raise ConfigError(
@@ -218,6 +226,42 @@ def validate(config):
                 f"`{key}` is only read by text_tower {' or '.join(map(repr, users))}. "
                 f"Received: {key}={config[key]!r} with "
                 f"text_tower={config['text_tower']!r}",
+                key,
+            )
+
+
+def _check_heads(config):
+    """What a run with `heads` cannot be combined with."""
+    for name, spec in config["heads"].items():
+        if (spec or {}).get("num_classes") is not None:
+            raise ConfigError(
+                f"`heads[{name!r}]['num_classes']` comes from the training data "
+                "in a run; leave it out. Received: "
+                f"num_classes={spec['num_classes']!r}",
+                "heads",
+            )
+    if config["task"] != DEFAULTS["task"]:
+        raise ConfigError(
+            "With `heads`, each head names its own task (`heads: {name: {task: "
+            f"...}}`); leave `task` unset. Received: task={config['task']!r}",
+            "task",
+        )
+    if FUSIONS[config["fusion"]].returns_logits:
+        raise ConfigError(
+            f"fusion={config['fusion']!r} ends in its own logits, room for one "
+            "output only; a run with `heads` needs a fusion that gives features "
+            "(e.g. 'concat', 'gated', 'bilinear').",
+            "fusion",
+        )
+    for key, off in (
+        ("unimodal_heads", 0.0),
+        ("balance", "none"),
+        ("baselines", False),
+    ):
+        if config[key] != off:
+            raise ConfigError(
+                f"`{key}` works with a model of one output; a run with `heads` has "
+                f"several, which it does not support. Received: {key}={config[key]!r}",
                 key,
             )
 
@@ -347,6 +391,13 @@ def check_value(key, value):
             )
         if value is not None and not os.path.exists(value):
             raise ConfigError(f"`{key}`: manifest not found: {os.fspath(value)!r}", key)
+    elif key == "heads":
+        if value is None:
+            return
+        try:
+            check_heads(value)
+        except ValueError as error:
+            raise ConfigError(str(error), key) from None
     elif key == "loss":
         if value is None:
             return

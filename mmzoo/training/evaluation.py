@@ -23,7 +23,8 @@ def evaluate_dataset(model, dataset, labels, task):
         model: a Keras model whose outputs include the task's output.
         dataset: batches of `(features, targets)`, e.g. `make_dataset(...,
             training=False)`.
-        labels: the `LabelVocabulary` (`None` for regression).
+        labels: the `LabelVocabulary` (`None` for regression; a dict by
+            head for a `MultiTask`).
         task: a task name or `mmzoo.tasks.Task`.
 
     Returns:
@@ -64,7 +65,7 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
         batch_size,
         training=False,
         labels=run.labels,
-        task=run.task.name,
+        task=run.task,
         resize=run.resize,
         columns=run.config.get("columns"),
         unknown_labels=unknown_labels,

@@ -17,10 +17,9 @@ import mmzoo
 from mmzoo import registry
 from mmzoo import runs
 from mmzoo.data.dataset import make_dataset
-from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.data.manifest import row_problems
 from mmzoo.data.sources import read_manifest
-from mmzoo.tasks import get_task
+from mmzoo.tasks import task_of
 from mmzoo.training import backup as run_backup
 from mmzoo.training import config as run_config
 from mmzoo.training.evaluation import evaluate_dataset
@@ -180,7 +179,7 @@ def compare_runs(results, config):
         "best_unimodal": name, "fusion_gain": fused - best unimodal (signed
         so that positive is better)}}, "table": markdown}`.
     """
-    task = get_task(config["task"])
+    task = task_of(config)
     metric = task.headline
     sense = 1.0 if task.higher_is_better else -1.0
     splits = {}
@@ -386,7 +385,7 @@ def _fit_tokenizer(config, resume):
         )
     else:
         manifest = read_manifest(config["train"], config["columns"])
-        needs_label = get_task(config["task"]).needs_labels
+        needs_label = task_of(config).needs_labels
         # Texts of rows that will be used (a bad image is found later; its
         # text still counts, which changes nothing that matters).
         texts = [
@@ -417,7 +416,7 @@ def _data_arguments(config, tokenizer):
         tokenizer=tokenizer,
         image_size=config["image_size"],
         batch_size=config["batch_size"],
-        task=config["task"],
+        task=task_of(config),
         resize=config["resize"],
         max_bad_fraction=config["max_bad_fraction"],
         columns=config["columns"],
@@ -434,9 +433,8 @@ def _train(config, resume, verbose, callbacks, progress):
     keras.utils.set_random_seed(config["seed"])
     strategy = make_strategy(config["strategy"])
     tokenizer = _fit_tokenizer(config, resume)
-    labels = None
-    if resume and os.path.isfile(os.path.join(out, runs.LABELS)):
-        labels = LabelVocabulary.load(os.path.join(out, runs.LABELS))
+    task = task_of(config)
+    labels = task.load_labels(out) if resume else None
 
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
     arguments = _data_arguments(config, tokenizer)
@@ -451,8 +449,7 @@ def _train(config, resume, verbose, callbacks, progress):
         return_report=True,
         **arguments,
     )
-    if labels is not None:
-        labels.save(os.path.join(out, runs.LABELS))
+    task.save_labels(labels, out)
     evaluation = {}
     for split in ("val", "test"):
         if config[split]:
@@ -460,7 +457,6 @@ def _train(config, resume, verbose, callbacks, progress):
                 config[split], training=False, labels=labels, **arguments
             )
 
-    task = get_task(config["task"])
     with strategy.scope():
         num_classes = task.num_classes(labels, train_data.element_spec[1])
         model = _build(config, tokenizer, num_classes)
@@ -523,7 +519,7 @@ def _train(config, resume, verbose, callbacks, progress):
 
 
 def _build(config, tokenizer, num_classes):
-    task = get_task(config["task"])
+    task = task_of(config)
     arguments = dict(
         image_tower=config["image_tower"],
         text_tower=config["text_tower"],
@@ -675,10 +671,19 @@ def _plots(out, metrics, labels):
     history = os.path.join(out, runs.HISTORY)
     if os.path.isfile(history):
         plot_history(history, os.path.join(out, "curves.png"))
+    # One model output's metrics, or one per head (`{"heads": {...}}`).
     for split in ("test", "val"):
-        matrix = metrics.get(split, {}).get("confusion_matrix")
-        if matrix is not None:
-            plot_confusion_matrix(
-                matrix, labels.names, os.path.join(out, "confusion_matrix.png")
-            )
+        split_metrics = metrics.get(split, {})
+        heads = split_metrics.get("heads", {"": split_metrics})
+        plotted = False
+        for head, head_metrics in heads.items():
+            matrix = head_metrics.get("confusion_matrix")
+            if matrix is not None:
+                names = labels[head].names if head else labels.names
+                suffix = f"_{head}" if head else ""
+                plot_confusion_matrix(
+                    matrix, names, os.path.join(out, f"confusion_matrix{suffix}.png")
+                )
+                plotted = True
+        if plotted:
             break
