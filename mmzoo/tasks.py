@@ -8,7 +8,10 @@ and which evaluation metrics apply. The training loop, evaluation, the
 command line and both exports ask the task; none of them knows its name.
 
 The tasks are registered in `TASKS`; a new task is a `Task` subclass and
-one entry there, and the generic tests run over it. Most tasks fuse the
+one entry there, and the generic tests run over it. `MultiTask` is the one
+task not registered: it is built from a heads spec (`build_model(heads=
+...)`, a run's `heads`), several registered tasks in one model, and
+`task_of(arguments)` gives the task of build arguments or a run config. Most tasks fuse the
 image and the text into one prediction (`fused`: `mmzoo.build_model`
 builds their models); `contrastive` maps each into a shared space instead
 (`mmzoo.build_dual_encoder`), and its "targets" are which rows show the

@@ -21,7 +21,10 @@ A classification run's SavedModel has two signatures:
   training pipeline uses, and each text through the run's tokenizer, both
   inside the graph. Returns `probabilities`, `top_k_labels` and
   `top_k_scores` (`predictions` for regression), and `modality_weights` for
-  fusions that compute them.
+  fusions that compute them. A model with several heads
+  (`mmzoo.tasks.MultiTask`) returns each head's output under the head's
+  name, and `<head>_top_k_labels`, `<head>_top_k_scores` for heads with
+  classes.
 - `predict_tensors(image, tokens)`: the model itself on prepared inputs
   (float32 pixels in [0, 255], int32 token ids).
 

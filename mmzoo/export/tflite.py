@@ -15,7 +15,9 @@ The graph holds the model alone: its signature `serving_default` takes
 `image` (float32 RGB pixels in [0, 255], shape `(batch, S, S, 3)`) and
 `tokens` (int32 ids, `(batch, max_tokens)`) and returns `probabilities`
 (`predictions` for regression) and, for fusions that compute them,
-`modality_weights`. Decoding images and tokenizing text stay outside, in
+`modality_weights` (a model with several heads: an output per head, named
+after it, and `labels/<head>.txt` beside the file). Decoding images and
+tokenizing text stay outside, in
 the app: that keeps every op a TFLite builtin (no Select TF ops, no custom
 ops), so the file runs on the stock LiteRT runtime with its default XNNPACK
 delegate. The app prepares inputs as `mmzoo.data.images.prepare_image` and
