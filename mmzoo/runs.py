@@ -16,6 +16,11 @@ RUN_DIR/
   curves.png, confusion_matrix.png
   logs/               TensorBoard
   backup/             the last two epochs' state while a run is unfinished
+
+An ensemble folder (`mmzoo.ensemble`, config.yaml `kind: ensemble`) loads as
+an `mmzoo.ensembles.Ensemble`, which answers the same questions (`task`,
+`labels`, `config`, `directory`, `predict`, `manifest_outputs`), so
+evaluation, prediction and the command line take either.
 """
 
 import dataclasses
