@@ -54,6 +54,7 @@ config, the warmup records, the model card and the files clients need.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -71,12 +72,12 @@ from mmzoo.checks import check_choice
 from mmzoo.data import images as image_lib
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 from mmzoo.data.manifest import LabelVocabulary
+from mmzoo.ensembles import Ensemble
 from mmzoo.export import serving
 from mmzoo.export.encoders import check_index
 from mmzoo.export.encoders import embedding_width
 from mmzoo.export.encoders import encoder_models
-from mmzoo.runs import Run
-from mmzoo.runs import load_run
+from mmzoo.runs import as_run
 from mmzoo.tasks import get_task
 
 SERVING_SIGNATURE = serving.SIGNATURE_NAME
@@ -664,27 +665,40 @@ def _model_card(run, signatures, name, version, records, outputs):
         "tokenizer": None,
         "warmup_records": records,
         "metrics": _read_metrics(run.directory),
-        "versions": {
-            "mmzoo": mmzoo.__version__,
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
-        },
+        "versions": _versions(),
     }
     if tokenizer is not None:
-        kind = type(tokenizer).__name__
-        card["tokenizer"] = {
-            "type": kind,
-            "vocab_size": tokenizer.vocab_size,
-            "max_tokens": tokenizer.max_tokens,
-            "folder": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}",
-            "vocabulary_file": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}/vocabulary.txt",
-        }
-        if kind == "WordPieceTokenizer":
-            import tensorflow_text
+        card["tokenizer"] = _tokenizer_card(
+            tokenizer, f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}", card["versions"]
+        )
+    return card
 
-            # Its ops live in TensorFlow Text: a loader must import it.
-            card["tokenizer"]["requires"] = "tensorflow_text"
-            card["versions"]["tensorflow_text"] = tensorflow_text.__version__
+
+def _versions():
+    return {
+        "mmzoo": mmzoo.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+
+
+def _tokenizer_card(tokenizer, folder, versions):
+    """What the card says of a tokenizer saved in `folder`; a WordPiece
+    tokenizer adds TF Text's version to `versions`."""
+    kind = type(tokenizer).__name__
+    card = {
+        "type": kind,
+        "vocab_size": tokenizer.vocab_size,
+        "max_tokens": tokenizer.max_tokens,
+        "folder": folder,
+        "vocabulary_file": f"{folder}/vocabulary.txt",
+    }
+    if kind == "WordPieceTokenizer":
+        import tensorflow_text
+
+        # Its ops live in TensorFlow Text: a loader must import it.
+        card["requires"] = "tensorflow_text"
+        versions["tensorflow_text"] = tensorflow_text.__version__
     return card
 
 
@@ -892,85 +906,27 @@ def _load_and_warm_up(folder):
     return loaded
 
 
-def export_saved_model(
-    run,
-    base="savedmodels",
-    name=None,
-    version=None,
-    top_k=5,
-    warmup=None,
-    serving_root=DEFAULT_SERVING_ROOT,
-    index=None,
-):
-    """Export a run as a new version of a TF Serving model.
+@dataclasses.dataclass
+class ExportPlan:
+    """What one kind of run exports, for `export_saved_model` to write.
 
-    Writes `<base>/<name>/<version>/`: the SavedModel (see the module
-    docstring for its signatures), `model_card.json`, and `assets.extra/`
-    with the warmup requests (every signature, each example alone and all
-    of them as one batch), the model card, `labels.txt` and the tokenizer's
-    files. The version is written in a hidden folder, loaded back and
-    warmed up, and only then renamed to its number, so a server watching
-    the folder never sees a half-written or broken version. Then
-    `<base>/models.config` is rewritten to list every model in `base`.
-
-    A classification run gets `serving_default` and `predict_tensors`; a
-    contrastive run (a dual encoder) gets `embed_image` and `embed_text`,
-    and with an `index` also `search_by_text` and `search_by_image`.
-
-    Args:
-        run: a `mmzoo.runs.Run` or the path of a run folder.
-        base: the model base folder (TF Serving's `/models`).
-        name: the model's name in TF Serving; defaults to the run folder's
-            name.
-        version: the version number; defaults to one more than the highest
-            present. An existing version is never overwritten.
-        top_k: how many labels `serving_default` returns (classification).
-        warmup: a list of `(image, text)` pairs (image bytes or paths) for
-            the warmup records; defaults to a synthetic PNG and JPEG with the
-            text "warmup".
-        serving_root: where the server sees `base`, for `models.config`
-            (see `write_models_config`).
-        index: contrastive runs only: a `mmzoo.retrieval.Index` of this
-            model's embeddings (`mmzoo.retrieval.load_index`), held in the
-            SavedModel and searched by `search_by_text` and
-            `search_by_image`.
-
-    Returns:
-        The path of the version folder.
-
-    Example:
-
-    >>> export_saved_model("runs/gated")
-    'savedmodels/gated/1'
-    >>> export_saved_model("runs/gated", top_k=3)
-    'savedmodels/gated/2'
-    >>> export_saved_model("runs/pairs", index=load_index("indexes/pairs"))
-    'savedmodels/pairs/1'
+    Attributes:
+        archive: the `keras.export.ExportArchive` of the signatures.
+        requests: the warmup `PredictRequest`s.
+        write_assets: a function writing the files clients need into the
+            version's `assets.extra/` folder.
+        card: a function `(signatures, name, version, records)` returning
+            the model card.
     """
-    if not isinstance(run, Run):
-        run = load_run(run)
-    name = _default_name(run) if name is None else name
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
-        raise ValueError(
-            "`name` must be letters, digits, '_', '.' or '-', starting with a "
-            f"letter or digit (it appears in TF Serving URLs). Received: name={name!r}"
-        )
-    if index is not None and run.task.fused:
-        raise ValueError(
-            f"`index` is searched by a dual encoder's signatures; {run.directory} "
-            f"is a {run.task.name} run, whose model makes one prediction per "
-            "image and text. Export it without an index."
-        )
-    base = os.fspath(base)
-    model_folder = os.path.join(base, name)
-    if version is not None:
-        _check_version(version)
-        target = os.path.join(model_folder, str(version))
-        if os.path.exists(target):
-            raise FileExistsError(
-                f"{target} exists: versions are never overwritten. Pass another "
-                "`version`, or leave it out for the next free number."
-            )
+
+    archive: object
+    requests: list
+    write_assets: object
+    card: object
+
+
+def _run_plan(run, name, warmup, top_k, index):
+    """A single run's export: a classifier's or a dual encoder's."""
     examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
     label_names = None
     if run.task.fused:
@@ -1002,6 +958,107 @@ def export_saved_model(
         )
         requests = _encoder_requests(name, examples, endpoints)
         outputs_card = _encoder_card(run.model, checked)
+
+    def write_assets(extra):
+        if label_names is not None:
+            LabelVocabulary(label_names).save(os.path.join(extra, LABELS_FILE))
+        if run.tokenizer is not None:
+            run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
+
+    def card(signatures, name, version, records):
+        return _model_card(run, signatures, name, version, records, outputs_card)
+
+    return ExportPlan(archive, requests, write_assets, card)
+
+
+def export_saved_model(
+    run,
+    base="savedmodels",
+    name=None,
+    version=None,
+    top_k=5,
+    warmup=None,
+    serving_root=DEFAULT_SERVING_ROOT,
+    index=None,
+):
+    """Export a run as a new version of a TF Serving model.
+
+    Writes `<base>/<name>/<version>/`: the SavedModel (see the module
+    docstring for its signatures), `model_card.json`, and `assets.extra/`
+    with the warmup requests (every signature, each example alone and all
+    of them as one batch), the model card, `labels.txt` and the tokenizer's
+    files. The version is written in a hidden folder, loaded back and
+    warmed up, and only then renamed to its number, so a server watching
+    the folder never sees a half-written or broken version. Then
+    `<base>/models.config` is rewritten to list every model in `base`.
+
+    A classification run gets `serving_default` and `predict_tensors`; a
+    contrastive run (a dual encoder) gets `embed_image` and `embed_text`,
+    and with an `index` also `search_by_text` and `search_by_image`. An
+    ensemble gets `serving_default` (every member preprocessing the raw
+    inputs its own way) and `predict_tensors` (each member's tensors), see
+    `mmzoo.export.ensemble`.
+
+    Args:
+        run: a `mmzoo.runs.Run`, an `mmzoo.ensembles.Ensemble` (exported
+            by `mmzoo.export.ensemble`) or the path of a run folder.
+        base: the model base folder (TF Serving's `/models`).
+        name: the model's name in TF Serving; defaults to the run folder's
+            name.
+        version: the version number; defaults to one more than the highest
+            present. An existing version is never overwritten.
+        top_k: how many labels `serving_default` returns (classification).
+        warmup: a list of `(image, text)` pairs (image bytes or paths) for
+            the warmup records; defaults to a synthetic PNG and JPEG with the
+            text "warmup".
+        serving_root: where the server sees `base`, for `models.config`
+            (see `write_models_config`).
+        index: contrastive runs only: a `mmzoo.retrieval.Index` of this
+            model's embeddings (`mmzoo.retrieval.load_index`), held in the
+            SavedModel and searched by `search_by_text` and
+            `search_by_image`.
+
+    Returns:
+        The path of the version folder.
+
+    Example:
+
+    >>> export_saved_model("runs/gated")
+    'savedmodels/gated/1'
+    >>> export_saved_model("runs/gated", top_k=3)
+    'savedmodels/gated/2'
+    >>> export_saved_model("runs/pairs", index=load_index("indexes/pairs"))
+    'savedmodels/pairs/1'
+    """
+    run = as_run(run)
+    name = _default_name(run) if name is None else name
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            "`name` must be letters, digits, '_', '.' or '-', starting with a "
+            f"letter or digit (it appears in TF Serving URLs). Received: name={name!r}"
+        )
+    if index is not None and run.task.fused:
+        raise ValueError(
+            f"`index` is searched by a dual encoder's signatures; {run.directory} "
+            f"is a {run.task.name} run, whose model makes one prediction per "
+            "image and text. Export it without an index."
+        )
+    base = os.fspath(base)
+    model_folder = os.path.join(base, name)
+    if version is not None:
+        _check_version(version)
+        target = os.path.join(model_folder, str(version))
+        if os.path.exists(target):
+            raise FileExistsError(
+                f"{target} exists: versions are never overwritten. Pass another "
+                "`version`, or leave it out for the next free number."
+            )
+    if isinstance(run, Ensemble):
+        from mmzoo.export.ensemble import saved_model_plan
+
+        plan = saved_model_plan(run, name, warmup, top_k)
+    else:
+        plan = _run_plan(run, name, warmup, top_k, index)
     # The number is claimed before the long work, so a concurrent export of
     # the same model takes another one instead of failing at the end.
     created = not os.path.isdir(model_folder)
@@ -1012,16 +1069,13 @@ def export_saved_model(
     staging = os.path.join(model_folder, f".export-{uuid.uuid4().hex}")
     try:
         os.makedirs(staging)
-        archive.write_out(staging, verbose=False)
+        plan.archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        records = _write_warmup(os.path.join(extra, WARMUP_FILE), requests)
-        if label_names is not None:
-            LabelVocabulary(label_names).save(os.path.join(extra, LABELS_FILE))
-        if run.tokenizer is not None:
-            run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
+        records = _write_warmup(os.path.join(extra, WARMUP_FILE), plan.requests)
+        plan.write_assets(extra)
         signatures = _signatures_card(_load_and_warm_up(staging))
-        card = _model_card(run, signatures, name, version, records, outputs_card)
+        card = plan.card(signatures, name, version, records)
         for folder in (staging, extra):
             with open(os.path.join(folder, MODEL_CARD), "w", encoding="utf-8") as file:
                 json.dump(card, file, indent=2, ensure_ascii=False)
