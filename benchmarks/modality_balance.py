@@ -116,10 +116,13 @@ def easy_vqa_manifests(folder, val_fraction=0.1, seed=0):
     manifests = {}
     for split, entries in rows.items():
         manifests[split] = os.path.join(folder, f"{split}.csv")
-        with open(manifests[split], "w", newline="", encoding="utf-8") as file:
+        # Renamed into place: runs of other seeds may be reading it.
+        staging = f"{manifests[split]}.{os.getpid()}"
+        with open(staging, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
             writer.writerow(["image", "text", "label"])
             writer.writerows(entries)
+        os.replace(staging, manifests[split])
     return manifests
 
 
