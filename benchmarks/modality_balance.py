@@ -4,8 +4,9 @@ For each data set and seed, through `mmzoo train`'s code path
 (`mmzoo.training.trainer.train`): the unimodal runs (image_only,
 text_only), five fusions (concat, gated, bilinear, film, late), the same
 five with mmzoo's balancing options (unimodal heads and OGM-GE, see
-`mmzoo.balance`), and the average of the two unimodal runs' probabilities
-(an ensemble of the unimodal models). Each is scored on the test split;
+`mmzoo.balance`), and ensembles of the trained runs (`mmzoo.ensemble`): the
+two unimodal runs averaged, and weighted ensembles whose weights are
+fitted on the validation split. Each is scored on the test split;
 "fusion - best unimodal" subtracts the better of image_only and text_only
 on the same split and seed, so a positive number means the fusion beat
 both. Mean and spread (sample standard deviation) over the seeds.
@@ -69,6 +70,18 @@ SETTINGS = {
 }
 
 
+# name -> (`mmzoo.ensemble` method, members): the unimodal runs averaged,
+# and weighted ensembles (weights fitted on the validation split).
+ENSEMBLES = {
+    "ensemble average(image_only, text_only)": ("average", BASELINES),
+    "ensemble weighted(image_only, text_only, bilinear)": (
+        "weighted",
+        (*BASELINES, "bilinear"),
+    ),
+    "ensemble weighted(all plain runs)": ("weighted", (*BASELINES, *FUSIONS)),
+}
+
+
 def variants():
     """`{name: train overrides}`: the unimodal runs, then each fusion plain
     and balanced."""
@@ -103,43 +116,21 @@ def easy_vqa_manifests(folder, val_fraction=0.1, seed=0):
     manifests = {}
     for split, entries in rows.items():
         manifests[split] = os.path.join(folder, f"{split}.csv")
-        with open(manifests[split], "w", newline="", encoding="utf-8") as file:
+        # Renamed into place: runs of other seeds may be reading it.
+        staging = f"{manifests[split]}.{os.getpid()}"
+        with open(staging, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
             writer.writerow(["image", "text", "label"])
             writer.writerows(entries)
+        os.replace(staging, manifests[split])
     return manifests
-
-
-def test_probabilities(run_dir, manifest):
-    """A run's test probabilities and targets, in manifest order."""
-    import numpy as np
-
-    from mmzoo.data.dataset import make_dataset
-    from mmzoo.runs import load_run
-
-    run = load_run(run_dir)
-    data = make_dataset(
-        manifest,
-        tokenizer=run.tokenizer,
-        labels=run.labels,
-        image_size=run.image_size,
-        resize=run.resize,
-        training=False,
-        batch_size=128,
-        task=run.task.name,
-    )
-    outputs, targets = [], []
-    for features, target in data:
-        outputs.append(run.model.predict_on_batch(features)[run.output_name])
-        targets.append(np.asarray(target))
-    return np.concatenate(outputs), np.concatenate(targets)
 
 
 def run_set(name, manifests, out, seeds, quick=False):
     """Train every variant per seed on one set; returns the rows."""
     import keras
-    import numpy as np
 
+    import mmzoo
     from mmzoo.training import trainer
 
     settings = dict(SETTINGS[name])
@@ -178,23 +169,29 @@ def run_set(name, manifests, out, seeds, quick=False):
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
-        # The ensemble of the unimodal runs: their probabilities averaged.
-        probabilities = []
-        for variant in BASELINES:
+        # Ensembles of the trained runs (`mmzoo.ensemble`): no training.
+        for variant, (method, members) in ENSEMBLES.items():
             folder = os.path.join(out, name, f"seed{seed}", variant)
-            output, targets = test_probabilities(folder, manifests["test"])
-            probabilities.append(output)
-        average = np.mean(probabilities, axis=0)
-        rows.append(
-            {
-                "set": name,
-                "seed": seed,
-                "variant": "ensemble(image_only, text_only)",
-                "test_accuracy": float(
-                    np.mean(average.argmax(-1) == targets.reshape(-1))
-                ),
-            }
-        )
+            if not os.path.isfile(os.path.join(folder, "metrics.json")):
+                mmzoo.ensemble(
+                    [os.path.join(out, name, f"seed{seed}", m) for m in members],
+                    method,
+                    val=manifests["val"],
+                    test=manifests["test"],
+                    out=folder,
+                )
+            with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as file:
+                metrics = json.load(file)
+            rows.append(
+                {
+                    "set": name,
+                    "seed": seed,
+                    "variant": variant,
+                    "test_accuracy": metrics["test"]["accuracy"],
+                    # Out of fold for the weighted ensembles.
+                    "val_accuracy": metrics["val"]["accuracy"],
+                }
+            )
         best = max(accuracy[b] for b in BASELINES)
         for row in rows:
             if row["set"] == name and row["seed"] == seed:

@@ -27,6 +27,7 @@ __all__ = [
     "RetrievalMetrics",
     "build_dual_encoder",
     "build_model",
+    "ensemble",
     "get_task",
     "list_fusions",
     "list_image_towers",
@@ -45,4 +46,8 @@ def __getattr__(name):
         from mmzoo import runs
 
         return getattr(runs, name)
+    if name in ("ensemble", "Ensemble"):
+        from mmzoo import ensembles
+
+        return getattr(ensembles, name)
     raise AttributeError(f"module 'mmzoo' has no attribute {name!r}")

@@ -103,8 +103,9 @@ class MultimodalModel(keras.Model):
 
     `build_model` returns one. It trains, evaluates, predicts, saves and
     exports like any functional model; its single output is the dict
-    `{task.output_name: ...}` (one entry per head with `heads`), so `compile(loss="...")`, output-named
-    dicts, `fit(x, y)` and `fit(x, {"probabilities": y})` all work. On top
+    `{task.output_name: ...}` (one entry per head with `heads`), so
+    `compile(loss="...")`, output-named dicts, `fit(x, y)` and `fit(x,
+    {"probabilities": y})` all work. On top
     of that it remembers the `build_model` arguments it was made with
     (saved in its config, so in `.keras` files), which is enough to build
     it again, at another size or with another component:

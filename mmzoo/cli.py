@@ -137,6 +137,31 @@ def _train(args):
     return 0
 
 
+def _ensemble(args):
+    from mmzoo import ensembles
+
+    if len(args.runs) < 2:
+        return _usage_error(
+            "mmzoo ensemble",
+            "RUN_DIR",
+            f"an ensemble combines at least 2 runs. Received: {len(args.runs)}",
+        )
+    _configure_logging()
+    combined = ensembles.ensemble(
+        args.runs,
+        args.method,
+        val=args.val,
+        out=args.out,
+        test=args.test,
+        batch_size=args.batch_size,
+        folds=args.folds,
+        seed=args.seed,
+    )
+    print(ensembles.report_table(combined.report))
+    print(f"Ensemble written to {combined.directory}")
+    return 0
+
+
 def _evaluate(args):
     import json
 
@@ -162,6 +187,13 @@ def _predict(args):
         print(f"{head}:")
         _print_answer(answer, "  ")
     _print_answer(result)
+    for index, member in enumerate(result.get("members", ())):
+        # An ensemble's members, each with its own answer.
+        if "labels" in member:
+            answer = f"{member['labels'][0]} {member['scores'][0]:.4f}"
+        else:
+            answer = str(member["predictions"])
+        print(f"member {index}: {answer}")
     if "modality_weights" in result:
         weights = result["modality_weights"]
         image, text = weights["image"], weights["text"]
@@ -452,6 +484,20 @@ def _no_file_above(value):
     return None
 
 
+def _run_folder(value):
+    if not os.path.isdir(value):
+        return f"no run folder at {value!r}"
+    return None
+
+
+def _empty_folder(value):
+    """An output folder written whole: absent, or an empty folder."""
+    problem = _folder(value)
+    if problem is None and os.path.isdir(value) and os.listdir(value):
+        return f"{value!r} is not empty; choose a new folder"
+    return problem
+
+
 def _serving_folder(value):
     """`--saved-model BASE/NAME`: NAME is the model's name in TF Serving."""
     from mmzoo.export.saved_model import _MODEL_NAME
@@ -487,6 +533,13 @@ _NEW_FILE = _flag_type("a file path", str, _new_file)
 _OUTPUT_FILE = _flag_type("a file path", str, _output_file)
 _FOLDER = _flag_type("a folder path", str, _folder)
 _SERVING_FOLDER = _flag_type("a folder path", str, _serving_folder)
+_RUN_FOLDER = _flag_type("a run folder", str, _run_folder)
+_EMPTY_FOLDER = _flag_type("a folder path", str, _empty_folder)
+_FOLDS = _flag_type(
+    "an integer",
+    int,
+    lambda value: None if value >= 2 else f"must be at least 2. Received: {value}",
+)
 
 
 def _template(value):
@@ -606,6 +659,7 @@ def build_parser():
         _add_list_command,
         _add_data_commands,
         _add_train_command,
+        _add_ensemble_command,
         _add_evaluate_command,
         _add_predict_command,
         _add_export_command,
@@ -714,6 +768,42 @@ def _add_train_command(commands):
     )
     _add_train_arguments(training)
     training.set_defaults(run=_train)
+
+
+def _add_ensemble_command(commands):
+    from mmzoo.ensembles import METHODS
+
+    combining = commands.add_parser(
+        "ensemble",
+        help="combine trained runs into one ensemble run folder",
+        description="Combine runs of one task with the same labels (any towers, "
+        "fusions, image sizes and vocabularies) by average, vote, weights fitted "
+        "on --val (log-loss) or stacking (a logistic regression). The fitted "
+        "methods' validation figures are out of fold. Writes a run folder that "
+        "evaluate, predict and export take, with ensemble.json and report.md.",
+    )
+    combining.add_argument(
+        "runs", nargs="+", type=_RUN_FOLDER, metavar="RUN_DIR", help="2 or more runs"
+    )
+    combining.add_argument("--method", required=True, choices=METHODS)
+    combining.add_argument(
+        "--val", type=_PATH, required=True, metavar="M", help="validation manifest"
+    )
+    combining.add_argument("--test", type=_PATH, metavar="M", help="test manifest")
+    combining.add_argument(
+        "--out", type=_EMPTY_FOLDER, required=True, metavar="DIR", help="a new folder"
+    )
+    combining.add_argument(
+        "--folds",
+        type=_FOLDS,
+        default=5,
+        help="cross-validation folds of weighted and stacking (default 5)",
+    )
+    combining.add_argument(
+        "--batch-size", type=_config_flag("batch_size", int), default=64
+    )
+    combining.add_argument("--seed", type=_config_flag("seed", int), default=0)
+    combining.set_defaults(run=_ensemble)
 
 
 def _add_evaluate_command(commands):

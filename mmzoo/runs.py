@@ -17,6 +17,11 @@ RUN_DIR/
   curves.png, confusion_matrix.png
   logs/               TensorBoard
   backup/             the last two epochs' state while a run is unfinished
+
+An ensemble folder (`mmzoo.ensemble`, config.yaml `kind: ensemble`) loads as
+an `mmzoo.ensembles.Ensemble`, which answers the same questions (`task`,
+`labels`, `config`, `directory`, `predict`, `manifest_outputs`), so
+evaluation, prediction and the command line take either.
 """
 
 import dataclasses
@@ -27,6 +32,7 @@ import numpy as np
 import yaml
 
 from mmzoo.builder import explained_model
+from mmzoo.data.manifest import DEFAULT_MAX_BAD_FRACTION
 from mmzoo.data.manifest import LabelVocabulary
 from mmzoo.saving import ModelFileError
 from mmzoo.saving import load_model
@@ -97,10 +103,88 @@ class Run:
         fusion computes them (see `mmzoo.with_modality_weights`)."""
         return explained_model(self.model)
 
-    def predict(self, image, text, top_k=5):
+    def dataset(
+        self,
+        data,
+        batch_size=64,
+        unknown_labels="error",
+        max_bad_fraction=DEFAULT_MAX_BAD_FRACTION,
+    ):
+        """A manifest read with this run's pipeline, for evaluation (rows in
+        manifest order): `(dataset, report)`, see `mmzoo.data.make_dataset`."""
+        from mmzoo.data.dataset import make_dataset
+
+        dataset, report, _ = make_dataset(
+            data,
+            self.tokenizer,
+            self.image_size,
+            batch_size,
+            training=False,
+            labels=self.labels,
+            task=self.task,
+            resize=self.resize,
+            columns=self.config.get("columns"),
+            unknown_labels=unknown_labels,
+            max_bad_fraction=max_bad_fraction,
+            return_report=True,
+        )
+        return dataset, report
+
+    def manifest_outputs(
+        self,
+        data,
+        batch_size=64,
+        unknown_labels="error",
+        max_bad_fraction=DEFAULT_MAX_BAD_FRACTION,
+    ):
+        """The model's outputs on a manifest's good rows.
+
+        What `mmzoo.training.evaluate` scores, for a run and an ensemble
+        alike (`mmzoo.ensembles.Ensemble.manifest_outputs`).
+
+        Returns:
+            `(targets, outputs, report)`: the rows' targets, the model's
+            outputs dict (arrays, rows in manifest order) and the
+            `DataReport` naming the rows skipped.
+        """
+        dataset, report = self.dataset(
+            data, batch_size, unknown_labels, max_bad_fraction
+        )
+        targets, outputs = dataset_outputs(self.model, dataset)
+        return targets, outputs, report
+
+    def predict(self, image, text, top_k=5, max_pixels=None):
         """Top-k labels (or values, or a similarity) for one image and one
         text; see `predict`."""
-        return predict(self, image, text, top_k)
+        return _predict_run(self, image, text, top_k, max_pixels)
+
+
+def as_run(run):
+    """A loaded run (a `Run` or an `mmzoo.ensembles.Ensemble`) as it is, or
+    `load_run` of a path."""
+    if isinstance(run, (str, os.PathLike)):
+        return load_run(run)
+    return run
+
+
+def dataset_outputs(model, dataset):
+    """`(targets, outputs)`: a dataset's targets and `model.predict`'s
+    outputs on its features, rows in order.
+
+    Args:
+        model: a Keras model.
+        dataset: batches of `(features, targets)`, e.g. `make_dataset(...,
+            training=False)`.
+    """
+    import tensorflow as tf
+
+    batches = [y for _, y in dataset]
+    # Targets may be a dict (a contrastive task's image and text ids).
+    targets = tf.nest.map_structure(
+        lambda *parts: np.concatenate([np.asarray(part) for part in parts]), *batches
+    )
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return targets, outputs
 
 
 def load_run(path):
@@ -111,12 +195,17 @@ def load_run(path):
             whose folder holds `labels.txt` and `tokenizer/`.
 
     Returns:
-        A `Run`.
+        A `Run`, or for a folder `mmzoo.ensemble` wrote, an
+        `mmzoo.ensembles.Ensemble`.
     """
     from mmzoo.data.tokenizers import load_tokenizer
 
     path = os.fspath(path)
     if os.path.isdir(path):
+        if _read_config(os.path.join(path, CONFIG)).get("kind") == "ensemble":
+            from mmzoo.ensembles import load_ensemble
+
+            return load_ensemble(path)
         directory = path
         candidates = [os.path.join(path, BEST), os.path.join(path, MODEL)]
         model_path = next((p for p in candidates if os.path.isfile(p)), None)
@@ -202,13 +291,16 @@ def _read_config(path):
 def predict(run, image, text, top_k=5, max_pixels=None):
     """Top-k labels for one image file and one text.
 
+    For an ensemble (`mmzoo.ensembles.Ensemble`), its combined answer, with
+    each member's in `"members"`.
+
     The image passes the guard every image entry point applies
     (`mmzoo.data.images.prepare_image`): a file over `max_pixels`, cut
     short or of no supported format is refused from its header, before
     anything is decoded.
 
     Args:
-        run: a `Run` (or a path for `load_run`).
+        run: a `Run` or an `Ensemble` (or a path for `load_run`).
         image: an image file path (JPEG, PNG, GIF, BMP) or its bytes.
         text: the text.
         top_k: how many labels.
@@ -231,13 +323,15 @@ def predict(run, image, text, top_k=5, max_pixels=None):
         FileNotFoundError: no image file at the path.
         ValueError: an image the guard refuses or the decoder fails on.
     """
+    return as_run(run).predict(image, text, top_k, max_pixels)
+
+
+def _predict_run(run, image, text, top_k, max_pixels):
     import tensorflow as tf
 
     from mmzoo.data.images import prepare_image
     from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 
-    if not isinstance(run, Run):
-        run = load_run(run)
     if max_pixels is None:
         max_pixels = DEFAULT_MAX_PIXELS
     pixels = prepare_image(image, run.image_size, run.resize, max_pixels)

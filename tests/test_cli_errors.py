@@ -29,6 +29,12 @@ BASELINES = {
     ("data", "to-tfrecord"): {"manifest": "{manifest}", "out_dir": "{new}"},
     ("data", "easy-vqa"): {"out": "{new}"},
     ("train",): {"train": "{manifest}", "out": "{new}"},
+    ("ensemble",): {
+        "runs": "{run}",
+        "method": "average",
+        "val": "{manifest}",
+        "out": "{new}",
+    },
     ("evaluate",): {"model": "{run}", "data": "{manifest}"},
     ("predict",): {"model": "{run}", "image": "{image}", "text": "a text"},
     ("export",): {"model": "{run}", "saved_model": "{new}/name"},
@@ -55,6 +61,10 @@ BAD = {
     "labels": ["{missing}"],
     "image": ["{missing}", "{folder}"],
     ("train", "out"): ["{file}"],
+    ("ensemble", "runs"): ["{missing}", "{file}"],
+    # A folder that holds files: an ensemble is written to a new one.
+    ("ensemble", "out"): ["{file}", "{root}/data"],
+    "folds": ["1", "x"],
     ("evaluate", "out"): ["{folder}", "{missing}/metrics.json"],
     ("zero-shot", "out"): ["{folder}", "{missing}/metrics.json"],
     ("index", "out"): ["{file}", "{file}/below"],
@@ -188,6 +198,7 @@ class _Tripwire(Exception):
 def tripwires(monkeypatch):
     """The long work behind each command, replaced by an error."""
     from benchmarks import suite
+    from mmzoo import ensembles
     from mmzoo.apps import demo
     from mmzoo.data import builtin
     from mmzoo.export import saved_model
@@ -199,6 +210,7 @@ def tripwires(monkeypatch):
 
     for module, name in (
         (trainer, "_train"),
+        (ensembles, "ensemble"),
         (demo, "run_demo"),
         (builtin, "easy_vqa"),
         (saved_model, "export_saved_model"),

@@ -22,6 +22,8 @@ from harness import task_batch
 import mmzoo
 from mmzoo.balance import GradientModulation
 from mmzoo.cli import main as cli_main
+from mmzoo.data import make_dataset
+from mmzoo.layers import recalibrate_batch_norm
 from mmzoo.runs import load_run
 from mmzoo.training import trainer
 from mmzoo.training.config import ConfigError
@@ -351,6 +353,27 @@ def test_baselines_run_compares_fusion_with_each_modality(tmp_path):
     run = load_run(out)
     assert sorted(run.model.output) == ["probabilities"]
     assert sorted(run.model.unimodal_heads) == ["image", "text"]
+
+    # BatchNorm was recalibrated on the training data after training: its
+    # moving means are the means of the data's batches (12 rows in equal
+    # batches of 4), not a trailing average, which after 3 steps at momentum
+    # 0.99 would hold about 3% of them. (Deeper layers see their inputs
+    # normalised per batch, so another grouping of the rows moves them by
+    # a few 1e-4.)
+    final = mmzoo.load_model(out / "model.keras")
+    norms = [
+        layer
+        for layer in final._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert norms
+    saved = [layer.moving_mean.numpy().copy() for layer in norms]
+    data = make_dataset(
+        manifest, run.tokenizer, 32, 4, labels=run.labels, training=False
+    )
+    recalibrate_batch_norm(final, data)
+    for before, layer in zip(saved, norms, strict=True):
+        np.testing.assert_allclose(before, layer.moving_mean.numpy(), atol=3e-3)
 
     # Resuming a run interrupted in its baselines trains only what is missing.
     import shutil

@@ -59,6 +59,7 @@ def test_unknown_name_raises_attribute_error(package):
 FORBIDDEN = {
     "mmzoo/data": ("builder", "fusion", "towers", "training", "export", "runs", "apps"),
     "mmzoo/runs.py": ("training", "export", "apps", "cli"),
+    "mmzoo/ensembles.py": ("training", "export", "apps", "cli"),
     "mmzoo/export": ("training", "apps", "cli"),
     "mmzoo/training": ("export", "apps", "cli"),
     "mmzoo/builder.py": ("data", "training", "export", "runs", "apps"),

@@ -17,6 +17,11 @@ signatures `embed_image` and `embed_text` (and, given an index,
 `encoder_grpc_request` call them), and one TFLite file per encoder, which
 `retrieval_parity` checks.
 
+An ensemble of runs (`mmzoo.ensemble`) exports as one SavedModel whose
+`serving_default` takes the raw inputs once and preprocesses them for each
+member in the graph, and as one TFLite file taking every member's inputs
+(`mmzoo.export.ensemble`).
+
 The names below are imported on first use, so importing `mmzoo.export` does
 not import TensorFlow.
 """
@@ -25,6 +30,8 @@ from mmzoo._lazy import lazy_exports
 
 _EXPORTS = {
     "build_encoder_module": "saved_model",
+    "build_ensemble_module": "ensemble",
+    "export_ensemble_tflite": "ensemble",
     "build_serving_module": "saved_model",
     "export_saved_model": "saved_model",
     "write_models_config": "saved_model",

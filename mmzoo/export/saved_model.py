@@ -57,6 +57,7 @@ config, the warmup records, the model card and the files clients need.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -73,12 +74,12 @@ from mmzoo.builder import explained_model
 from mmzoo.checks import check_choice
 from mmzoo.data import images as image_lib
 from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
+from mmzoo.ensembles import Ensemble
 from mmzoo.export import serving
 from mmzoo.export.encoders import check_index
 from mmzoo.export.encoders import embedding_width
 from mmzoo.export.encoders import encoder_models
-from mmzoo.runs import Run
-from mmzoo.runs import load_run
+from mmzoo.runs import as_run
 from mmzoo.tasks import get_task
 
 SERVING_SIGNATURE = serving.SIGNATURE_NAME
@@ -654,37 +655,50 @@ def _model_card(run, signatures, name, version, records, outputs):
         "tokenizer": None,
         "warmup_records": records,
         "metrics": _read_metrics(run.directory),
-        "versions": {
-            "mmzoo": mmzoo.__version__,
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
-        },
+        "versions": _versions(),
     }
     if tokenizer is not None:
-        kind = type(tokenizer).__name__
-        card["tokenizer"] = {
-            "type": kind,
-            "vocab_size": tokenizer.vocab_size,
-            "max_tokens": tokenizer.max_tokens,
-            "folder": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}",
-            "vocabulary_file": f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}/vocabulary.txt",
-        }
-        if kind == "WordPieceTokenizer":
-            import tensorflow_text
-
-            # Its ops live in TensorFlow Text: a loader must import it.
-            card["tokenizer"]["requires"] = "tensorflow_text"
-            card["versions"]["tensorflow_text"] = tensorflow_text.__version__
+        card["tokenizer"] = _tokenizer_card(
+            tokenizer, f"{ASSETS_EXTRA}/{TOKENIZER_FOLDER}", card["versions"]
+        )
     return card
 
 
-def _classifier_card(task, top_k, label_names):
+def _versions():
+    return {
+        "mmzoo": mmzoo.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+
+
+def _tokenizer_card(tokenizer, folder, versions):
+    """What the card says of a tokenizer saved in `folder`; a WordPiece
+    tokenizer adds TF Text's version to `versions`."""
+    kind = type(tokenizer).__name__
+    card = {
+        "type": kind,
+        "vocab_size": tokenizer.vocab_size,
+        "max_tokens": tokenizer.max_tokens,
+        "folder": folder,
+        "vocabulary_file": f"{folder}/vocabulary.txt",
+    }
+    if kind == "WordPieceTokenizer":
+        import tensorflow_text
+
+        # Its ops live in TensorFlow Text: a loader must import it.
+        card["requires"] = "tensorflow_text"
+        versions["tensorflow_text"] = tensorflow_text.__version__
+    return card
+
+
+def _classifier_card(top_k, label_names, task=None):
     card = {
         "top_k": top_k,
         "labels": label_names,
         "labels_file": f"{ASSETS_EXTRA}/{LABELS_FILE}" if label_names else None,
     }
-    if task.heads:
+    if task is not None and task.heads:
         # Each head's task, loss weight, labels and exported outputs.
         files = task.label_files()
         card["labels_file"] = None
@@ -898,6 +912,72 @@ def _load_and_warm_up(folder):
     return loaded
 
 
+@dataclasses.dataclass
+class ExportPlan:
+    """What one kind of run exports, for `export_saved_model` to write.
+
+    Attributes:
+        archive: the `keras.export.ExportArchive` of the signatures.
+        requests: the warmup `PredictRequest`s.
+        write_assets: a function writing the files clients need into the
+            version's `assets.extra/` folder.
+        card: a function `(signatures, name, version, records)` returning
+            the model card.
+    """
+
+    archive: object
+    requests: list
+    write_assets: object
+    card: object
+
+
+def _run_plan(run, name, warmup, top_k, index):
+    """A single run's export: a classifier's or a dual encoder's."""
+    examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
+    label_names = None
+    if run.task.fused:
+        examples = _check_warmup(examples)
+        archive = build_serving_module(
+            run.model,
+            run.tokenizer,
+            run.labels,
+            run.image_size,
+            resize=run.resize,
+            task=run.task,
+            top_k=top_k,
+        )
+        label_names = run.task.label_names(run.labels, run.model)
+        requests = _pair_requests(name, examples)
+        outputs_card = _classifier_card(top_k, label_names, run.task)
+    else:
+        checked = None
+        if index is not None:
+            checked = check_index(index, embedding_width(run.model))
+        endpoints = [
+            signature
+            for signature in serving.ENCODER_SIGNATURES
+            if checked is not None or not signature.startswith("search")
+        ]
+        examples = _check_warmup(examples, len(endpoints))
+        archive = build_encoder_module(
+            run.model, run.tokenizer, run.image_size, run.resize, index=index
+        )
+        requests = _encoder_requests(name, examples, endpoints)
+        outputs_card = _encoder_card(run.model, checked)
+
+    def write_assets(extra):
+        if label_names is not None:
+            # labels.txt, or labels/<head>.txt for a model with several heads.
+            run.task.save_labels(run.labels, extra)
+        if run.tokenizer is not None:
+            run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
+
+    def card(signatures, name, version, records):
+        return _model_card(run, signatures, name, version, records, outputs_card)
+
+    return ExportPlan(archive, requests, write_assets, card)
+
+
 def export_saved_model(
     run,
     base="savedmodels",
@@ -921,10 +1001,14 @@ def export_saved_model(
 
     A classification run gets `serving_default` and `predict_tensors`; a
     contrastive run (a dual encoder) gets `embed_image` and `embed_text`,
-    and with an `index` also `search_by_text` and `search_by_image`.
+    and with an `index` also `search_by_text` and `search_by_image`. An
+    ensemble gets `serving_default` (every member preprocessing the raw
+    inputs its own way) and `predict_tensors` (each member's tensors), see
+    `mmzoo.export.ensemble`.
 
     Args:
-        run: a `mmzoo.runs.Run` or the path of a run folder.
+        run: a `mmzoo.runs.Run`, an `mmzoo.ensembles.Ensemble` (exported
+            by `mmzoo.export.ensemble`) or the path of a run folder.
         base: the model base folder (TF Serving's `/models`).
         name: the model's name in TF Serving; defaults to the run folder's
             name.
@@ -953,8 +1037,7 @@ def export_saved_model(
     >>> export_saved_model("runs/pairs", index=load_index("indexes/pairs"))
     'savedmodels/pairs/1'
     """
-    if not isinstance(run, Run):
-        run = load_run(run)
+    run = as_run(run)
     name = _default_name(run) if name is None else name
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise ValueError(
@@ -977,37 +1060,12 @@ def export_saved_model(
                 f"{target} exists: versions are never overwritten. Pass another "
                 "`version`, or leave it out for the next free number."
             )
-    examples = _synthetic_warmup(run.image_size) if warmup is None else warmup
-    label_names = None
-    if run.task.fused:
-        examples = _check_warmup(examples)
-        archive = build_serving_module(
-            run.model,
-            run.tokenizer,
-            run.labels,
-            run.image_size,
-            resize=run.resize,
-            task=run.task,
-            top_k=top_k,
-        )
-        label_names = run.task.label_names(run.labels, run.model)
-        requests = _pair_requests(name, examples)
-        outputs_card = _classifier_card(run.task, top_k, label_names)
+    if isinstance(run, Ensemble):
+        from mmzoo.export.ensemble import saved_model_plan
+
+        plan = saved_model_plan(run, name, warmup, top_k)
     else:
-        checked = None
-        if index is not None:
-            checked = check_index(index, embedding_width(run.model))
-        endpoints = [
-            signature
-            for signature in serving.ENCODER_SIGNATURES
-            if checked is not None or not signature.startswith("search")
-        ]
-        examples = _check_warmup(examples, len(endpoints))
-        archive = build_encoder_module(
-            run.model, run.tokenizer, run.image_size, run.resize, index=index
-        )
-        requests = _encoder_requests(name, examples, endpoints)
-        outputs_card = _encoder_card(run.model, checked)
+        plan = _run_plan(run, name, warmup, top_k, index)
     # The number is claimed before the long work, so a concurrent export of
     # the same model takes another one instead of failing at the end.
     created = not os.path.isdir(model_folder)
@@ -1018,16 +1076,13 @@ def export_saved_model(
     staging = os.path.join(model_folder, f".export-{uuid.uuid4().hex}")
     try:
         os.makedirs(staging)
-        archive.write_out(staging, verbose=False)
+        plan.archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        records = _write_warmup(os.path.join(extra, WARMUP_FILE), requests)
-        if label_names is not None:
-            run.task.save_labels(run.labels, extra)
-        if run.tokenizer is not None:
-            run.tokenizer.save(os.path.join(extra, TOKENIZER_FOLDER))
+        records = _write_warmup(os.path.join(extra, WARMUP_FILE), plan.requests)
+        plan.write_assets(extra)
         signatures = _signatures_card(_load_and_warm_up(staging))
-        card = _model_card(run, signatures, name, version, records, outputs_card)
+        card = plan.card(signatures, name, version, records)
         for folder in (staging, extra):
             with open(os.path.join(folder, MODEL_CARD), "w", encoding="utf-8") as file:
                 json.dump(card, file, indent=2, ensure_ascii=False)

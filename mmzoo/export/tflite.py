@@ -378,10 +378,9 @@ def _check_signature(content, model):
 
 
 def _as_run(run):
-    from mmzoo.runs import Run
-    from mmzoo.runs import load_run
+    from mmzoo.runs import as_run
 
-    return run if isinstance(run, Run) else load_run(run)
+    return as_run(run)
 
 
 def _sample_rows(manifest, count, seed=0):
@@ -499,10 +498,13 @@ def export_tflite(
     decoding: the file holds TFLite builtin ops only, which is checked.
 
     A contrastive run writes its two encoders instead, `<stem>.image.tflite`
-    and `<stem>.text.tflite` (see the module docstring).
+    and `<stem>.text.tflite` (see the module docstring). An ensemble
+    (`mmzoo.ensembles.Ensemble`) writes one file taking every member's
+    inputs (`mmzoo.export.ensemble.export_ensemble_tflite`).
 
     Args:
-        run: a `Run` (`mmzoo.runs.load_run`) or a run folder.
+        run: a `Run` or an `Ensemble` (`mmzoo.runs.load_run`), or a run
+            folder.
         path: the `.tflite` file to write; its folder receives
             `labels.txt`, `vocabulary.txt`, `tokenizer.json`,
             `pure_python_tokenizer.py` and `<name>.json`.
@@ -535,6 +537,14 @@ def export_tflite(
     if not path.endswith(".tflite"):
         raise ValueError(f"`path` must end with '.tflite'. Received: path={path!r}")
     run = _as_run(run)
+    from mmzoo.ensembles import Ensemble
+
+    if isinstance(run, Ensemble):
+        from mmzoo.export.ensemble import export_ensemble_tflite
+
+        return export_ensemble_tflite(
+            run, path, quantize, representative, num_calibration, batch_size
+        )
     if run.tokenizer is None and "tokens" in run.model.input:
         raise ExportError(f"{run.directory} has no tokenizer for the `tokens` input.")
     if not run.task.fused:

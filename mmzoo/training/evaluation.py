@@ -8,11 +8,8 @@ Recall@K and ranks both ways for contrastive runs.
 import json
 import os
 
-import numpy as np
-
-from mmzoo.data.dataset import make_dataset
-from mmzoo.runs import Run
-from mmzoo.runs import load_run
+from mmzoo.runs import as_run
+from mmzoo.runs import dataset_outputs
 from mmzoo.tasks import get_task
 
 
@@ -30,15 +27,8 @@ def evaluate_dataset(model, dataset, labels, task):
     Returns:
         The metrics dict (see `mmzoo.metrics`).
     """
-    import tensorflow as tf
-
     task = get_task(task)
-    batches = [y for _, y in dataset]
-    # Targets may be a dict (a contrastive task's image and text ids).
-    targets = tf.nest.map_structure(
-        lambda *parts: np.concatenate([np.asarray(part) for part in parts]), *batches
-    )
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    targets, outputs = dataset_outputs(model, dataset)
     return task.evaluate(targets, task.output_of(outputs), labels)
 
 
@@ -46,7 +36,8 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
     """Evaluate a run's model on a manifest and write the metrics.
 
     Args:
-        model: a run folder, a `.keras` file in one, or a loaded `Run`.
+        model: a run folder (or an ensemble folder, `mmzoo.ensemble`), a
+            `.keras` file in one, or a loaded `Run` or `Ensemble`.
         data: the manifest to evaluate on (same columns as training).
         out: where to write the metrics JSON; default
             `RUN_DIR/evaluation_<manifest name>.json`.
@@ -57,21 +48,12 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
     Returns:
         `(metrics, path)`.
     """
-    run = model if isinstance(model, Run) else load_run(model)
-    dataset, report, _ = make_dataset(
-        data,
-        run.tokenizer,
-        run.image_size,
-        batch_size,
-        training=False,
-        labels=run.labels,
-        task=run.task,
-        resize=run.resize,
-        columns=run.config.get("columns"),
-        unknown_labels=unknown_labels,
-        return_report=True,
+    run = as_run(model)
+    # Each member of an ensemble reads the manifest its own way.
+    targets, outputs, report = run.manifest_outputs(
+        data, batch_size, unknown_labels=unknown_labels
     )
-    metrics = evaluate_dataset(run.model, dataset, run.labels, run.task)
+    metrics = run.task.evaluate(targets, run.task.output_of(outputs), run.labels)
     metrics["data"] = os.path.abspath(os.fspath(data))
     metrics["skipped_rows"] = report.num_bad
     if out is None:
