@@ -3,7 +3,9 @@ by a process that imports only TensorFlow, and one TFLite file per encoder
 in the LiteRT interpreter, each against the Keras model.
 
 One contrastive run, trained through `mmzoo.training.trainer.train` on the
-caption fixture, is shared by every test (module fixtures). The index the
+caption fixture, is shared by every test (`shared_runs.contrastive_run`,
+trained once per session for test_retrieval.py and
+test_contrastive_training.py too). The index the
 SavedModel searches is a stand-in with `mmzoo.retrieval.Index`'s
 attributes, built from the Keras model's own embeddings of the run's
 images.
@@ -18,6 +20,7 @@ import types
 import data_fixtures
 import numpy as np
 import pytest
+import shared_runs
 import tensorflow as tf
 from harness import probe_signatures
 
@@ -33,9 +36,10 @@ from mmzoo.export import tflite
 from mmzoo.export.saved_model import build_encoder_module
 from mmzoo.runs import Run
 from mmzoo.runs import load_run
-from mmzoo.training import trainer
 
-IMAGES, CAPTIONS, WIDTH = 8, 3, 16
+IMAGES = shared_runs.CONTRASTIVE_IMAGES
+CAPTIONS = shared_runs.CONTRASTIVE_CAPTIONS
+WIDTH = shared_runs.CONTRASTIVE_WIDTH
 TEXTS = ["a red picture", "all blue", "", "Ünïcödé yellow image number 3", "green"]
 
 
@@ -52,23 +56,10 @@ class IndexFields:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dual")
-    captions = data_fixtures.caption_manifest(
-        folder / "data", images=IMAGES, captions=CAPTIONS
-    )
-    trainer.train(
-        train=captions,
-        val=captions,
-        task="contrastive",
-        epochs=2,
-        image_size=32,
-        max_tokens=8,
-        batch_size=8,
-        model={"image_filters": [8, 16], "embed_dim": WIDTH},
-        out=folder / "pairs",
-        verbose=0,
-    )
-    return load_run(folder / "pairs"), captions, folder
+    """`(run, captions, folder)`: the shared run (read only) and a folder of
+    this module's own for what the tests write."""
+    run_dir, captions = shared_runs.contrastive_run(tmp_path_factory)
+    return load_run(run_dir), captions, tmp_path_factory.mktemp("dual")
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +452,7 @@ def test_encoder_files_are_builtin_ops_with_the_app_files(trained, tflite_export
 def test_command_line_exports_a_contrastive_run(
     trained, exported, base, index, monkeypatch, capsys
 ):
-    run_dir = trained[2] / "pairs"
+    run_dir = trained[0].directory
     app = trained[2] / "cli_app"
     argv = ["export", str(run_dir), "--saved-model", str(base / "pairs")]
     status = cli.main([*argv, "--tflite", str(app / "pairs.tflite")])

@@ -16,6 +16,7 @@ import data_fixtures
 import keras
 import numpy as np
 import pytest
+import shared_runs
 import tensorflow as tf
 from google.protobuf import text_format
 from harness import TINY
@@ -37,7 +38,6 @@ from mmzoo.export import rest_request
 from mmzoo.export import write_models_config
 from mmzoo.runs import Run
 from mmzoo.runs import load_run
-from mmzoo.training import trainer
 
 TEXTS = ["is this a circle", "a square?", "", "Ünïcödé triangle 3"]
 
@@ -82,24 +82,9 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A real run folder: `mmzoo train` on a tiny manifest, padded resize."""
-    data = tmp_path_factory.mktemp("data")
-    manifest = data_fixtures.clean_manifest(data, rows=12)
-    out = tmp_path_factory.mktemp("runs") / "gated"
-    trainer.train(
-        train=manifest,
-        val=manifest,
-        epochs=1,
-        out=out,
-        fusion="gated",
-        resize="pad",
-        image_size=32,
-        max_tokens=8,
-        batch_size=4,
-        model={"image_filters": [8, 16], "head_units": [16]},
-        verbose=0,
-    )
-    return out
+    """A real run folder: `mmzoo train` on a tiny manifest, padded resize
+    (`shared_runs.gated_run`, trained once per session; read only)."""
+    return shared_runs.gated_run(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")

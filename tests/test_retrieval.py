@@ -6,6 +6,7 @@ import os
 import data_fixtures
 import numpy as np
 import pytest
+import shared_runs
 
 from mmzoo import cli
 from mmzoo import retrieval
@@ -14,7 +15,6 @@ from mmzoo.metrics import classification_metrics
 from mmzoo.retrieval import Index
 from mmzoo.retrieval import RetrievalError
 from mmzoo.runs import load_run
-from mmzoo.training import trainer
 
 
 def _unit(values):
@@ -137,21 +137,11 @@ def test_faiss_backends_against_exact_search():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("retrieval")
-    manifest = data_fixtures.caption_manifest(folder / "data", captions=3, labels=True)
-    trainer.train(
-        train=manifest,
-        val=manifest,
-        task="contrastive",
-        epochs=3,
-        image_size=32,
-        max_tokens=8,
-        batch_size=8,
-        model={"image_filters": [8, 16], "embed_dim": 16},
-        out=folder / "run",
-        verbose=0,
-    )
-    return load_run(folder / "run"), manifest
+    """A copy of the session's contrastive run (8 labelled images x 3
+    captions): `zero-shot` writes its figures into the run folder."""
+    run_dir, manifest = shared_runs.contrastive_run(tmp_path_factory)
+    run = shared_runs.copy_run(run_dir, tmp_path_factory.mktemp("retrieval") / "run")
+    return load_run(run), manifest
 
 
 def test_index_of_a_manifest_holds_each_image_once(trained):
