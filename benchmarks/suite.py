@@ -51,6 +51,8 @@ FUSIONS = tuple(
     name for name, spec in registry.FUSIONS.items() if len(spec.modalities) == 2
 )
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# The fusions the overhead targets are set for (README, "Targets").
+TARGETED_FUSIONS = ("concat", "weighted_sum", "gated", "cross_attention")
 
 SUITES = {
     "quick": {
@@ -62,7 +64,7 @@ SUITES = {
                 "mobilenet_v3_small",
                 224,
                 ("bow", "cnn"),
-                ("concat", "weighted_sum", "gated", "cross_attention"),
+                TARGETED_FUSIONS,
             ),
             ("small_cnn", 64, ("bow",), ("concat",)),
         ],
@@ -78,6 +80,32 @@ SUITES = {
         "latency_models": [("small_cnn", 64), ("mobilenet_v3_small", 224)],
         "batch_sizes_serving": (1, 16),
         "calls": 20,
+    },
+    "gpu": {
+        "description": "the GPU figures (benchmarks/gpu.sh): about 25 min on one "
+        "H100-class GPU with JAX",
+        # Every tower of the design card at batch 256, float32 (TF32) and
+        # bfloat16, XLA: the fusions the targets are set for, over the two
+        # text towers they name.
+        "models": [
+            (tower, 224, ("bow", "cnn"), TARGETED_FUSIONS)
+            for tower in ("resnet50", "vgg16", "mobilenet_v3_small", "small_cnn")
+        ],
+        "batch_sizes": (256,),
+        "precisions": ("float32", "mixed_bfloat16"),
+        "xla": (True,),
+        "parts": ("throughput",),
+        "steps": 10,
+        "repeats": 3,
+        "warmup": 2,
+        "min_seconds": 1.0,
+        # One process per group: a fresh one per model would add a start-up
+        # and an XLA compilation each, for memory figures nobody asked for.
+        "memory": "group",
+        "pipeline": {},
+        "latency_models": [],
+        "batch_sizes_serving": (),
+        "calls": 0,
     },
     "full": {
         "description": "every combination; hours, meant for an accelerator",
@@ -133,8 +161,8 @@ def build_parser():
     parser.add_argument(
         "--parts",
         type=_csv("--parts", PARTS),
-        default=list(PARTS),
-        help=f"comma-separated subset of {','.join(PARTS)}",
+        help=f"comma-separated subset of {','.join(PARTS)} (default: the "
+        "suite's: all of them, the gpu suite's throughput alone)",
     )
     narrow = parser.add_argument_group("narrow the suite's sweep")
     narrow.add_argument("--towers", type=_csv("--towers", TOWERS))
@@ -214,7 +242,7 @@ def settings(args):
         "latency_models": latency_models,
         "batch_sizes_serving": list(suite["batch_sizes_serving"]),
         "calls": args.calls or suite["calls"],
-        "parts": list(args.parts),
+        "parts": list(args.parts or suite.get("parts", PARTS)),
         "memory": args.memory or suite["memory"],
         "isolated": not args.in_process,
     }

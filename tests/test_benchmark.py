@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from benchmarks import ROOT
 from benchmarks import machine
 from benchmarks import report
 from benchmarks import suite
@@ -115,18 +116,61 @@ def test_quick_suite_runs_on_a_tiny_configuration(tmp_path):
 
 
 @pytest.mark.slow
-def test_jax_backend_runs_the_same_builders(tmp_path):
-    out = tmp_path / "bench"
-    result = benchmark(out, *TINY, "--parts=throughput,tflite", backend="jax")
+def test_gpu_command_runs_on_jax_without_tensorflow(tmp_path):
+    """benchmarks/gpu.sh, at tiny size on this CPU, where `import
+    tensorflow` fails as it does on the GPU machine (no TensorFlow there)."""
+    stub = tmp_path / "no_tensorflow" / "tensorflow"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('raise ImportError("not installed")\n')
+    out = tmp_path / "gpu"
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), "run", str(out)]
+        + [flag for flag in TINY if not flag.startswith("--calls")]
+        + ["--precisions=float32,mixed_bfloat16", "--parts=throughput,tflite"],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PYTHONPATH": str(stub.parent)},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_results(out)
+    assert results["suite"] == "gpu"
     assert results["machine"]["backend"] == "jax"
     rows = results["throughput"]
-    assert [row["fusion"] for row in rows] == [BARE, "concat"]
+    # Each precision's group: the bare tower, then the fused model.
+    assert [(row["fusion"], row["precision"]) for row in rows] == [
+        (BARE, "float32"),
+        ("concat", "float32"),
+        (BARE, "mixed_bfloat16"),
+        ("concat", "mixed_bfloat16"),
+    ]
     assert all("error" not in row and row["xla"] for row in rows)  # JAX is XLA
-    assert rows[1]["forward_gflops_per_image"] > 0  # XLA's cost analysis
+    assert all(row["forward_gflops_per_image"] > 0 for row in rows)  # XLA's
+    assert len(results["overhead"]) == 2
     assert "TensorFlow" in results["skipped"]["tflite"]
     assert "tflite" not in results
+    assert "## Training and inference throughput" in (out / "results.md").read_text()
+    for name in ("throughput", "overhead"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_suite_is_the_issue_sweep():
+    plan = suite.settings(suite.build_parser().parse_args(["--suite=gpu", "--out=x"]))
+    assert plan["parts"] == ["throughput"]
+    assert [model[0] for model in plan["models"]] == [
+        "resnet50",
+        "vgg16",
+        "mobilenet_v3_small",
+        "small_cnn",
+    ]
+    for _, size, texts, fusions in plan["models"]:
+        assert size == 224 and texts == ["bow", "cnn"]
+        assert fusions == ["concat", "weighted_sum", "gated", "cross_attention"]
+    assert plan["batch_sizes"] == [256]
+    assert plan["precisions"] == ["float32", "mixed_bfloat16"]
+    groups = suite.configurations(plan, "jax")
+    assert len(groups) == 8 and all(len(group) == 9 for group in groups)
+    assert all(config.xla for group in groups for config in group)
 
 
 def test_backend_flag_switches_process(tmp_path):

@@ -6,9 +6,9 @@ freshly initialised: an untrained model's probabilities are nearly uniform,
 so int8 rounding flips its arg-max on a coin toss and "99% top-1 agreement"
 would measure luck. Eight epochs on 100 rows separate the classes (each text
 names its label) with a wide margin; three left the probabilities near 1/3
-once BatchNorm was recalibrated, and int8 flipped 9 in 100. Its head is wide enough that weights dominate the file, so
-the size ratios say what quantisation saves rather than the flatbuffer's
-fixed overhead.
+once BatchNorm was recalibrated, and int8 flipped 9 in 100. Its head is
+wide enough that weights dominate the file, so the size ratios say what
+quantisation saves rather than the flatbuffer's fixed overhead.
 """
 
 import dataclasses
