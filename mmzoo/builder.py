@@ -70,7 +70,7 @@ DEFAULTS = {
     "hub_handle": None,
     "freeze_text_tower": False,
     # Fusion.
-    "fusion_units": 256,
+    "fusion_units": None,  # the fusion's own (`FusionSpec.units`)
     "fusion_heads": 4,
     "fusion_layers": 1,
     "fusion_rank": 4,
@@ -336,7 +336,9 @@ def build_model(preset=None, /, **arguments):
         text_preset: `bert` tower: a keras-hub preset (local directory).
         hub_handle: `hub` tower: a TF-Hub text-embedding module.
         freeze_text_tower: freeze the whole text tower.
-        fusion_units: width of the fused features. Default 256.
+        fusion_units: width of the fused features. Default `None`: the
+            fusion's own, 256, or 128 for `cross_attention` (whose cost
+            grows with its square).
         fusion_heads, fusion_layers: cross-attention heads and layers.
         fusion_rank: bilinear fusion's factors per unit. Default 4.
         fusion_dropout: dropout inside the fusion layer. Default 0.1.
@@ -401,6 +403,9 @@ def build_model(preset=None, /, **arguments):
         _check_heads(config, fusion)
     context = {
         **config,
+        "fusion_units": fusion.units
+        if config["fusion_units"] is None
+        else config["fusion_units"],
         "num_outputs": task.num_outputs(config["num_classes"]),
         "trainable_embeddings": not config["freeze_embeddings"],
         "trainable_text_tower": not config["freeze_text_tower"],

@@ -227,7 +227,21 @@ def test_fusion_layer_defaults_agree_with_build_model(fusion):
     for argument, key in spec.arguments.items():
         assert key in DEFAULTS or key in DERIVED, (argument, key)
         if key in DEFAULTS and argument in defaults:
-            assert defaults[argument] == DEFAULTS[key], (argument, key)
+            # `fusion_units=None` means the fusion's own width.
+            default = spec.units if key == "fusion_units" else DEFAULTS[key]
+            assert defaults[argument] == default, (argument, key)
+
+
+def test_cross_attention_is_narrower_by_default_and_the_width_is_an_argument():
+    def width(**arguments):
+        model = mmzoo.build_model(
+            image_size=32, max_tokens=8, num_classes=3, **arguments
+        )
+        return model.get_layer("fusion").units
+
+    assert width(fusion="cross_attention") == 128
+    assert width(fusion="concat") == 256
+    assert width(fusion="cross_attention", fusion_units=64) == 64
 
 
 @pytest.mark.parametrize("text_tower", sorted(registry.TEXT_TOWERS))

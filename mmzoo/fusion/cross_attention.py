@@ -19,7 +19,8 @@ class CrossAttentionFusion(Fusion):
     mean of each stream, concatenated: `(batch, 2 * units)`.
 
     Args:
-        units: width of both streams.
+        units: width of both streams (128: its cost grows with the
+            square, see `benchmarks/RESULTS.md`).
         num_heads: attention heads.
         num_layers: co-attention layers.
         dropout: dropout rate in attention and feed-forward blocks.
@@ -37,7 +38,7 @@ class CrossAttentionFusion(Fusion):
     input_rank = 3
     max_modalities = 2
 
-    def __init__(self, units=256, num_heads=4, num_layers=1, dropout=0.1, **kwargs):
+    def __init__(self, units=128, num_heads=4, num_layers=1, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         if units % num_heads:
             raise ValueError(
