@@ -372,6 +372,61 @@ def _interpreter(model_path=None, model_content=None):
     return Interpreter(model_path=model_path, model_content=model_content)
 
 
+def ops_outside_delegate(interpreter):
+    """`{op type: count}` of the nodes LiteRT's delegate left to the builtin
+    kernels: what splits the XNNPACK-delegated graph into partitions.
+
+    The interpreter's node list keeps the nodes a delegate replaced beside
+    its DELEGATE nodes, without saying which were replaced. A node runs
+    outside the delegate when no DELEGATE node produces its outputs and
+    what it produces is needed: read by a DELEGATE node, by another such
+    node, or a graph output (walked back from the outputs). Integer and
+    boolean ops on `tokens` (the padding mask, the embedding lookup) stay
+    outside in every variant; they are cheap.
+
+    Args:
+        interpreter: a LiteRT `Interpreter` whose tensors are allocated
+            (the delegate applies then).
+
+    Returns:
+        A dict sorted by op name, or `None` if the interpreter's private
+        node list (`_get_ops_details`) moved.
+
+    Example:
+
+    >>> interpreter = Interpreter(model_path="app/model.tflite", num_threads=1)
+    >>> interpreter.allocate_tensors()
+    >>> ops_outside_delegate(interpreter)  # a bow text tower's
+    {'ADD': 1, 'CAST': 1, 'EXPAND_DIMS': 1, 'GATHER': 1, 'LESS': 1,
+     'NOT_EQUAL': 1, 'SELECT_V2': 1}
+    """
+    try:
+        ops = interpreter._get_ops_details()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    produced = {int(tensor) for op in delegates for tensor in op["outputs"]}
+    needed = {int(detail["index"]) for detail in interpreter.get_output_details()}
+    needed |= {int(tensor) for op in delegates for tensor in op["inputs"]}
+    pending = [
+        op
+        for op in ops
+        if op["op_name"] != "DELEGATE"
+        and not {int(tensor) for tensor in op["outputs"]} & produced
+    ]
+    outside = {}
+    changed = True
+    while changed:
+        changed = False
+        for op in list(pending):
+            if {int(tensor) for tensor in op["outputs"]} & needed:
+                outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+                needed |= {int(tensor) for tensor in op["inputs"]}
+                pending.remove(op)
+                changed = True
+    return dict(sorted(outside.items()))
+
+
 def signature_details(content):
     """Inputs and outputs of a TFLite file's `serving_default` signature.
 
