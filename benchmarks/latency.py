@@ -120,6 +120,7 @@ def tflite_latency(model, calls, warmup, quantizations=None):
 
     from mmzoo.export.tflite import QUANTIZATIONS
     from mmzoo.export.tflite import convert
+    from mmzoo.export.tflite import ops_outside_delegate
 
     calibration = [
         {k: np.asarray(v) for k, v in synthetic_batch(model, 1, seed=seed)[0].items()}
@@ -161,6 +162,7 @@ def tflite_latency(model, calls, warmup, quantizations=None):
             row[name] = timings(lambda r=runner: r(**example), calls, warmup)
             if name == "xnnpack_1_thread":
                 row["xnnpack_partitions"] = _delegate_partitions(interpreter)
+                row["xnnpack_ops_outside"] = ops_outside_delegate(interpreter)
                 output = runner(**example)["probabilities"]
                 row["max_abs_diff_vs_keras"] = float(np.max(np.abs(output - reference)))
         results[quantize] = row

@@ -13,6 +13,7 @@ import sys
 from mmzoo.export.tflite import QUANTIZATIONS
 
 INT8_SIZE_TARGET = 0.30
+INT8_SPEEDUP_TARGET = 1.5  # int8 / float32 speed, XNNPACK on one thread (issue 17)
 # What `latency.serving_latency` times, in the order the report shows.
 SERVING_TIMINGS = (
     "keras_predict",
@@ -50,9 +51,9 @@ def targets(results):
             {
                 "what": f"{name}: int8 TFLite speed-up over float32 (XNNPACK, "
                 "1 thread)",
-                "target": "> 1",
+                "target": f">= {INT8_SPEEDUP_TARGET}",
                 "measured": round(tflite["int8_speedup_1_thread"], 3),
-                "met": tflite["int8_speedup_1_thread"] > 1,
+                "met": tflite["int8_speedup_1_thread"] >= INT8_SPEEDUP_TARGET,
             }
         )
     return {

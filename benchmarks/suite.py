@@ -122,6 +122,8 @@ SUITES = {
         "latency_models": [
             ("small_cnn", 64),
             ("mobilenet_v3_small", 224),
+            ("mobilenet_v3_large", 224),
+            ("efficientnet_b0", 224),
             ("resnet50", 224),
         ],
         "batch_sizes_serving": (1, 16, 64),

@@ -6,8 +6,8 @@ freshly initialised: an untrained model's probabilities are nearly uniform,
 so int8 rounding flips its arg-max on a coin toss and "99% top-1 agreement"
 would measure luck. Eight epochs on 100 rows separate the classes (each text
 names its label) with a wide margin; three left the probabilities near 1/3
-once BatchNorm was recalibrated, and int8 flipped 9 in 100. Its head is
-wide enough that weights dominate the file, so the size ratios say what
+once BatchNorm was recalibrated, and int8 flipped 9 in 100. Its head is wide
+enough that weights dominate the file, so the size ratios say what
 quantisation saves rather than the flatbuffer's fixed overhead.
 """
 
@@ -17,6 +17,7 @@ import json
 import os
 
 import data_fixtures
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -123,6 +124,52 @@ def test_int8_computes_in_int8_behind_float_inputs(exports):
         np.int32,
     )
     assert runner.get_output_details()["probabilities"]["dtype"] == np.float32
+
+
+def test_int8_runs_whole_in_xnnpack(exports):
+    """The ops XNNPACK has no int8 kernel for compute in float32, so int8
+    leaves no more to the builtin kernels than float32 does (the text
+    tower's integer ops); the probabilities come from a float softmax."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    outside, float_inputs = {}, {}
+    for quantize in ("none", "int8"):
+        interpreter = Interpreter(model_path=exports[quantize]["path"], num_threads=1)
+        interpreter.allocate_tensors()
+        outside[quantize] = tflite.ops_outside_delegate(interpreter)
+        tensors = interpreter.get_tensor_details()
+        for op in interpreter._get_ops_details():
+            if op["op_name"] in tflite.FLOAT_ISLAND_OPS:
+                float_inputs[op["op_name"]] = tensors[op["inputs"][0]]["dtype"]
+    # The bag-of-words tower's integer ops (padding mask, embedding lookup)
+    # stay outside in both; int8 adds only the masked mean's count clamp.
+    assert "GATHER" in outside["none"], outside
+    assert set(outside["int8"]) <= {*outside["none"], "MAXIMUM"}, outside
+    assert float_inputs == {"SOFTMAX": np.float32, "DIV": np.float32}
+
+
+def test_hard_swish_stays_in_float32_for_xnnpack():
+    """MobileNetV3's activation: int8 HARD_SWISH fell out of XNNPACK (20
+    partitions); in float32 between DEQUANTIZE and QUANTIZE it stays in."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="hard_swish")(image)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    probabilities = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model({"image": image}, {"probabilities": probabilities})
+    rng = np.random.default_rng(0)
+    examples = [
+        {"image": rng.uniform(0, 1, (1, 8, 8, 3)).astype("float32")} for _ in range(4)
+    ]
+    content = tflite.convert(model, "int8", lambda: iter(examples))
+    interpreter = Interpreter(model_content=content, num_threads=1)
+    interpreter.allocate_tensors()
+    assert "HARD_SWISH" in tflite.list_ops(content)
+    assert tflite.ops_outside_delegate(interpreter) == {}
+    ops = interpreter._get_ops_details()
+    assert sum(op["op_name"] == "DELEGATE" for op in ops) == 1
 
 
 def test_a_select_tf_op_is_refused(tmp_path):

@@ -41,7 +41,12 @@ Quantisations (`quantize=`):
   outputs stay float32 (and the tokens int32): the graph quantises on the
   way in and dequantises on the way out, so every variant takes the same
   inputs and an app swaps files without changing code, for the cost of one
-  QUANTIZE op per input and one DEQUANTIZE op per output.
+  QUANTIZE op per input and one DEQUANTIZE op per output. The op types in
+  `FLOAT_ISLAND_OPS` (HARD_SWISH, SOFTMAX, DIV) compute in float32 between
+  a DEQUANTIZE and a QUANTIZE: LiteRT's XNNPACK delegate has no int8
+  kernel for them, and an int8 one splits the delegated graph (MobileNetV3
+  ran 2.5x slower in int8 than in float32 before; now about 1.5-1.8x
+  faster, `benchmarks/RESULTS.md`).
 
 A contrastive run (a dual encoder) becomes one file per encoder, named
 after `path`'s stem (`encoder_paths`), so that several quantisations share
@@ -73,6 +78,16 @@ from mmzoo.export.encoders import embedding_width
 from mmzoo.export.encoders import encoder_models
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# Op types an int8 file computes in float32 (see the module docstring):
+# LiteRT's XNNPACK delegate has no int8 kernel for them, so int8 ones ran
+# in the builtin kernels, each splitting the delegated graph. MobileNetV3's
+# 18-20 HARD_SWISH ops made its int8 file 20 partitions and 2.5x slower
+# than float32. SOFTMAX and DIV (the bag-of-words tower's masked mean) are
+# one op each, but in float32 the probabilities also come out closer to
+# Keras'. GATHER (an embedding lookup) falls out of the delegate too, in
+# float32 as well; it stays int8, or its table would stay float32 (4x the
+# bytes).
+FLOAT_ISLAND_OPS = ("HARD_SWISH", "SOFTMAX", "DIV")
 SIGNATURE_KEY = "serving_default"
 PYTHON_TOKENIZER = "pure_python_tokenizer.py"
 LABELS_FILE = "labels.txt"
@@ -158,11 +173,11 @@ def convert(model, quantize="none", representative_dataset=None, batch_size=None
     elif quantize == "int8":
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]
         options["representative_dataset"] = representative_dataset
-        # Integer kernels only: the converter is documented to raise on an
-        # op it cannot quantise rather than leave it in float32. Integer
-        # and boolean mask arithmetic on `tokens` stays int32/bool, as it is
-        # in the float model.
-        options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # The converter's own two steps, run apart: calibrate here (the
+        # float graph with every tensor's recorded range), then quantise
+        # in `_quantize_int8` with `FLOAT_ISLAND_OPS` left in float32. The
+        # converter's single call cannot leave an op out.
+        options["_experimental_calibrate_only"] = True
     input_signature = None
     if batch_size is not None:
         input_signature = [
@@ -202,9 +217,35 @@ def convert(model, quantize="none", representative_dataset=None, batch_size=None
             raise _conversion_error(error, quantize, batch_size) from error
         with open(path, "rb") as file:
             content = file.read()
+    if quantize == "int8":
+        try:
+            content = _quantize_int8(content)
+        except Exception as error:  # the quantiser raises several types
+            raise _conversion_error(error, quantize, batch_size) from error
     check_builtin_ops(content)
     _check_signature(content, model)
     return content
+
+
+def _quantize_int8(calibrated):
+    """Quantise a calibrated float graph to int8, but `FLOAT_ISLAND_OPS`.
+
+    This is what `tf.lite.experimental.QuantizationDebugger` does for its
+    "selective quantisation" (`QuantizationDebugOptions(denylisted_ops=...)`,
+    then `get_nondebug_quantized_model()`): the same quantiser with a list
+    of op types left in float32, each wrapped in DEQUANTIZE and QUANTIZE.
+    The debugger needs the TFLite converter object, which Keras' exporter
+    keeps to itself, and converts a second, instrumented model; its call
+    to `mlir_quantize` is all we need.
+    """
+    from tensorflow.lite.python import convert as tflite_convert
+
+    return tflite_convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=False,  # per-channel weights, the default
+        fully_quantize=False,  # float32 inputs and outputs
+        denylisted_ops=list(FLOAT_ISLAND_OPS),
+    )
 
 
 def _check_convertible(model):
@@ -236,8 +277,9 @@ def _conversion_error(error, quantize, batch_size):
         )
     elif quantize == "int8":
         hint = (
-            " With quantize='int8' every op needs an integer kernel; "
-            "quantize='dynamic' keeps activations in float32."
+            " quantize='int8' calibrates on `representative_dataset` and "
+            "quantises every op but FLOAT_ISLAND_OPS; quantize='dynamic' "
+            "keeps activations in float32."
         )
     elif "Select TF" in message or "Flex" in message or "custom op" in message:
         hint = (
@@ -328,6 +370,61 @@ def _interpreter(model_path=None, model_content=None):
 
     # The default op resolver applies the XNNPACK delegate, as an app's does.
     return Interpreter(model_path=model_path, model_content=model_content)
+
+
+def ops_outside_delegate(interpreter):
+    """`{op type: count}` of the nodes LiteRT's delegate left to the builtin
+    kernels: what splits the XNNPACK-delegated graph into partitions.
+
+    The interpreter's node list keeps the nodes a delegate replaced beside
+    its DELEGATE nodes, without saying which were replaced. A node runs
+    outside the delegate when no DELEGATE node produces its outputs and
+    what it produces is needed: read by a DELEGATE node, by another such
+    node, or a graph output (walked back from the outputs). Integer and
+    boolean ops on `tokens` (the padding mask, the embedding lookup) stay
+    outside in every variant; they are cheap.
+
+    Args:
+        interpreter: a LiteRT `Interpreter` whose tensors are allocated
+            (the delegate applies then).
+
+    Returns:
+        A dict sorted by op name, or `None` if the interpreter's private
+        node list (`_get_ops_details`) moved.
+
+    Example:
+
+    >>> interpreter = Interpreter(model_path="app/model.tflite", num_threads=1)
+    >>> interpreter.allocate_tensors()
+    >>> ops_outside_delegate(interpreter)  # a bow text tower's
+    {'ADD': 1, 'CAST': 1, 'EXPAND_DIMS': 1, 'GATHER': 1, 'LESS': 1,
+     'NOT_EQUAL': 1, 'SELECT_V2': 1}
+    """
+    try:
+        ops = interpreter._get_ops_details()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    produced = {int(tensor) for op in delegates for tensor in op["outputs"]}
+    needed = {int(detail["index"]) for detail in interpreter.get_output_details()}
+    needed |= {int(tensor) for op in delegates for tensor in op["inputs"]}
+    pending = [
+        op
+        for op in ops
+        if op["op_name"] != "DELEGATE"
+        and not {int(tensor) for tensor in op["outputs"]} & produced
+    ]
+    outside = {}
+    changed = True
+    while changed:
+        changed = False
+        for op in list(pending):
+            if {int(tensor) for tensor in op["outputs"]} & needed:
+                outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+                needed |= {int(tensor) for tensor in op["inputs"]}
+                pending.remove(op)
+                changed = True
+    return dict(sorted(outside.items()))
 
 
 def signature_details(content):
