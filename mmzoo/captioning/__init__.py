@@ -10,8 +10,8 @@
 """
 
 from mmzoo.captioning.decoding import generate
-from mmzoo.captioning.model import Captioner
 from mmzoo.captioning.model import CaptionDecoder
+from mmzoo.captioning.model import Captioner
 from mmzoo.captioning.model import build_captioner
 
 __all__ = ["CaptionDecoder", "Captioner", "build_captioner", "generate"]

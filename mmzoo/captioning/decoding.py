@@ -76,7 +76,8 @@ def generate(
     if method == "beam":
         if isinstance(beam_width, int) and beam_width < 1:
             raise ValueError(
-                f"`beam_width` must be a positive integer. Received: beam_width={beam_width!r}"
+                "`beam_width` must be a positive integer. Received: "
+                f"beam_width={beam_width!r}"
             )
         return beam_search(
             decoder, memory, beam_width, limit, length_penalty, use_cache

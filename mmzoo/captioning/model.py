@@ -50,6 +50,7 @@ DEFAULTS = {
     "text_tower": None,
     "decoder": "transformer",
     "vocab_size": 20000,
+    "vocabulary": None,
     "max_tokens": 24,
     "decoder_dim": 128,
     "decoder_layers": 2,
@@ -381,6 +382,11 @@ class Captioner(keras.Model):
         return dict(self._build_arguments)
 
     @property
+    def vocabulary(self):
+        """The caption vocabulary (`None` if built without one)."""
+        return self._build_arguments.get("vocabulary")
+
+    @property
     def decoder(self):
         return self.get_layer("caption_decoder")
 
@@ -445,6 +451,9 @@ def build_captioner(**arguments):
         decoder: `"transformer"`.
         vocab_size: token ids, the run's tokenizer's `vocab_size` (with
             `[START]` and `[END]`, `mmzoo.captioning.vocabulary`).
+        vocabulary: the caption vocabulary itself (a list of tokens, ids
+            in order), kept in the model's config so that it decodes to
+            text alone (`Captioner.vocabulary`); sets `vocab_size`.
         max_tokens: caption length in words (the tokenizer's
             `max_tokens`); the decoder has as many positions.
         decoder_dim, decoder_layers, decoder_heads, decoder_ffn_dim,
@@ -534,6 +543,18 @@ def _resolve(arguments):
             f"Valid arguments: {sorted(DEFAULTS)}"
         )
     config = {**DEFAULTS, **arguments}
+    if config["vocabulary"] is not None:
+        from mmzoo.captioning.vocabulary import SPECIAL_TOKENS
+        from mmzoo.captioning.vocabulary import is_caption_vocabulary
+
+        config["vocabulary"] = list(config["vocabulary"])
+        if not is_caption_vocabulary(config["vocabulary"]):
+            raise ValueError(
+                f"`vocabulary` must start with {list(SPECIAL_TOKENS)} "
+                "(mmzoo.captioning.vocabulary.build_caption_vocabulary). "
+                f"Received: {config['vocabulary'][:4]!r}"
+            )
+        config["vocab_size"] = len(config["vocabulary"])
     registry.image_tower(config["image_tower"])
     check_image_size(config["image_size"])
     check_choice("decoder", config["decoder"], DECODERS)
