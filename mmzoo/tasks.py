@@ -1188,6 +1188,12 @@ class Captioning(Task):
     def answer(self, output, labels, top_k=5):
         return dict(output)
 
+    def saved_model_plan(self, run, name, warmup=None):
+        """The SavedModel export: `mmzoo.captioning.export`."""
+        from mmzoo.captioning.export import saved_model_plan
+
+        return saved_model_plan(run, name, warmup)
+
     def serving_outputs(self, output, label_names, top_k):
         raise ValueError(
             "A captioning run exports its own `caption` signature "
