@@ -368,6 +368,15 @@ class Task:
 
     # === Evaluation ===
 
+    def evaluation_files(self, run, data, path):
+        """Files `mmzoo evaluate` writes beside its metrics JSON `path`
+        (default none; a captioning run draws example captions).
+
+        Returns:
+            The paths written.
+        """
+        return []
+
     def evaluate(self, targets, output, labels):
         """The task's evaluation metrics, a JSON-ready dict."""
         from mmzoo.metrics import classification_metrics
@@ -1202,6 +1211,12 @@ class Captioning(Task):
 
     def agreement(self, first, second):
         return None
+
+    def evaluation_files(self, run, data, path):
+        from mmzoo.captioning.inference import plot_examples
+
+        out = os.path.splitext(path)[0] + "_examples.png"
+        return [plot_examples(run, data, out)]
 
     def evaluate(self, targets, output, labels):
         from mmzoo.captioning.metrics import caption_metrics

@@ -105,3 +105,43 @@ def caption_files(run, paths, beam_width=1, max_pixels=None):
         }
         for i, path in enumerate(paths)
     ]
+
+
+def plot_examples(run, data, out, count=6, beam_width=1):
+    """A PNG of `count` images of manifest `data` with the run's caption
+    (and the first reference) under each; returns `out`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from mmzoo.data.images import prepare_image
+    from mmzoo.data.sources import read_manifest
+
+    manifest = read_manifest(data, run.config.get("columns"))
+    chosen, references = [], {}
+    for path, text in zip(manifest.images, manifest.texts, strict=True):
+        if path is None:
+            continue
+        if path not in references and len(chosen) < count:
+            chosen.append(path)
+        references.setdefault(path, text)
+    results = []
+    for path in chosen:
+        try:
+            results.append(caption_files(run, [path], beam_width)[0])
+        except ValueError:
+            continue  # a bad image: left out of the picture
+    figure = Figure(figsize=(2.6 * max(len(results), 1), 3.2))
+    FigureCanvasAgg(figure)
+    for index, result in enumerate(results):
+        axes = figure.add_subplot(1, max(len(results), 1), index + 1)
+        pixels = prepare_image(result["image"], run.image_size, run.resize)[0]
+        axes.imshow(np.clip(pixels, 0, 255).astype("uint8"))
+        axes.set_axis_off()
+        axes.set_title(
+            f"{result['captions'][0]['caption']}\n(ref: {references[result['image']]})",
+            fontsize=7,
+            wrap=True,
+        )
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    return out

@@ -60,4 +60,6 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
         out = os.path.join(run.directory, f"evaluation_{stem}.json")
     with open(out, "w", encoding="utf-8") as file:
         json.dump(metrics, file, indent=2)
+    # E.g. a captioning run's example captions beside their images.
+    run.task.evaluation_files(run, data, out)
     return metrics, out
