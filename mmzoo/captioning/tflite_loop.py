@@ -1,0 +1,90 @@
+"""Greedy captioning with the TFLite files `mmzoo.captioning.tflite` writes.
+
+This file is copied beside `encoder.tflite`, `decoder_step.tflite` and
+`vocabulary.txt`; it needs NumPy and a TFLite interpreter (the
+`ai-edge-litert` package, or `tf.lite`), not mmzoo, Keras or TensorFlow.
+
+    from caption_loop import Captioner
+    captioner = Captioner("exported_tflite/")
+    captioner.caption(pixels)   # (size, size, 3) float32 0-255, as trained
+    -> ("a red circle", -1.234)
+
+The loop is `mmzoo.captioning.decoding.greedy` step for step: the encoder
+gives the image cells' keys and values once, then each step feeds the last
+token, its position and the key/value cache and takes the most likely
+next token (never [PAD] or [START]) until [END] or the length limit.
+"""
+
+import json
+import os
+
+import numpy as np
+
+PAD_ID, START_ID, END_ID = 0, 2, 3
+SPECIAL = 4
+
+
+def _interpreter(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - TensorFlow's copy
+        from tensorflow.lite import Interpreter
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _by_name(details):
+    # Signature runners name their tensors "serving_default_<name>:0" or
+    # "StatefulPartitionedCall:<i>": the files are written with signatures.
+    return {detail["name"]: detail for detail in details}
+
+
+class Captioner:
+    """The two TFLite files of a captioner and its vocabulary."""
+
+    def __init__(self, folder):
+        with open(os.path.join(folder, "caption_tflite.json")) as file:
+            self.config = json.load(file)
+        with open(os.path.join(folder, "vocabulary.txt"), encoding="utf-8") as file:
+            self.vocabulary = file.read().split("\n")
+        self.encoder = _interpreter(os.path.join(folder, "encoder.tflite"))
+        self.step = _interpreter(os.path.join(folder, "decoder_step.tflite"))
+        self.encode = self.encoder.get_signature_runner()
+        self.decode = self.step.get_signature_runner()
+
+    def caption_ids(self, pixels, max_length=None):
+        """Token ids of the greedy caption of one image, and its score."""
+        limit = self.config["max_length"] if max_length is None else max_length
+        image = np.asarray(pixels, np.float32).reshape(1, *np.shape(pixels)[-3:])
+        cross = self.encode(image=image)
+        shape = self.config["cache_shape"]
+        keys = np.zeros(shape, np.float32)
+        values = np.zeros(shape, np.float32)
+        token, ids, score = START_ID, [], 0.0
+        for position in range(limit):
+            out = self.decode(
+                token=np.array([token], np.int32),
+                position=np.array(position, np.int32),
+                cache_keys=keys,
+                cache_values=values,
+                cross_keys=cross["cross_keys"],
+                cross_values=cross["cross_values"],
+            )
+            logits = out["logits"][0].astype(np.float64)
+            keys, values = out["cache_keys"], out["cache_values"]
+            logits[[PAD_ID, START_ID]] = -1e9
+            log_probs = logits - logits.max()
+            log_probs = log_probs - np.log(np.exp(log_probs).sum())
+            token = int(np.argmax(log_probs))
+            score += float(log_probs[token])
+            ids.append(token)
+            if token == END_ID:
+                break
+        return ids, score
+
+    def caption(self, pixels, max_length=None):
+        """`(caption text, score)` of one image."""
+        ids, score = self.caption_ids(pixels, max_length)
+        words = [self.vocabulary[i] for i in ids if i >= SPECIAL]
+        return " ".join(words), score
