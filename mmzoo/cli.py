@@ -250,7 +250,13 @@ def _export(args):
             index=index,
         )
         print(f"SavedModel written to {path}")
-    if args.tflite:
+    if args.tflite and run.task.name == "captioning":
+        from mmzoo.captioning.tflite import export_tflite as export_captioner
+
+        # Two files and their loop: --tflite names the folder for them.
+        folder = export_captioner(run, os.path.splitext(args.tflite)[0])
+        print(f"TFLite encoder, decoder step and caption_loop.py written to {folder}")
+    elif args.tflite:
         from mmzoo.export.tflite import export_tflite
 
         report = export_tflite(
