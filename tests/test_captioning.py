@@ -237,10 +237,12 @@ def test_evaluate_command_reports_bleu_and_cider(trained, tmp_path, capsys):
 
 def test_saved_model_in_a_fresh_process_captions_as_keras(trained, run, tmp_path):
     from mmzoo.captioning.inference import caption_files
-    from mmzoo.export.saved_model import export_saved_model
 
-    _, _, images = trained
-    folder = export_saved_model(run, base=tmp_path / "models", name="captioner")
+    folder, _, images = trained
+    base = tmp_path / "models"
+    command = ["export", str(folder), "--saved-model", str(base / "captioner")]
+    assert cli.main(command) == 0
+    folder = str(base / "captioner" / "1")
     calls = {
         f"beam{width}": (
             "caption",
@@ -272,15 +274,15 @@ def test_saved_model_in_a_fresh_process_captions_as_keras(trained, run, tmp_path
 # === TFLite ===
 
 
-def test_tflite_files_caption_greedily_as_keras(trained, run, tmp_path):
+def test_tflite_files_caption_as_keras_greedy_and_beam(trained, run, tmp_path):
     import importlib.util
 
     from mmzoo.captioning.inference import caption_files
-    from mmzoo.captioning.tflite import export_tflite
     from mmzoo.data.images import prepare_image
 
-    _, _, images = trained
-    folder = export_tflite(run, tmp_path / "tflite")
+    run_dir, _, images = trained
+    folder = tmp_path / "tflite"
+    assert cli.main(["export", str(run_dir), "--tflite", str(folder)]) == 0
     for name in ("encoder.tflite", "decoder_step.tflite"):
         content = (folder / name).read_bytes()
         assert b"Flex" not in content, name
@@ -290,9 +292,20 @@ def test_tflite_files_caption_greedily_as_keras(trained, run, tmp_path):
     loop = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loop)
     captioner = loop.Captioner(str(folder))
-    expected = caption_files(run, images)
-    for path, result in zip(images, expected, strict=True):
-        pixels = prepare_image(path, run.image_size, run.resize)[0]
-        text, score = captioner.caption(pixels)
+    greedy = caption_files(run, images)
+    beam = caption_files(run, images[:3], beam_width=3)
+    pixels = [prepare_image(path, run.image_size, run.resize)[0] for path in images]
+    for image, result in zip(pixels, greedy, strict=True):
+        text, score = captioner.caption(image)
         assert text == result["captions"][0]["caption"]
         assert score == pytest.approx(result["captions"][0]["score"], abs=1e-3)
+    for image, result in zip(pixels, beam, strict=False):
+        hypotheses = captioner.beam_ids(image, beam_width=3)
+        assert [captioner.words(ids) for ids, _ in hypotheses] == [
+            h["caption"] for h in result["captions"]
+        ]
+        np.testing.assert_allclose(
+            [score for _, score in hypotheses],
+            [h["score"] for h in result["captions"]],
+            atol=1e-3,
+        )

@@ -9,7 +9,7 @@
   `position ()`, `cache_keys`, `cache_values`, `cross_keys`,
   `cross_values` -> `logits (1, vocab)`, `cache_keys`, `cache_values`;
 - `vocabulary.txt`, `caption_tflite.json` (lengths, cache shape) and
-  `caption_loop.py` (`mmzoo/captioning/tflite_loop.py`), the greedy loop
+  `caption_loop.py` (`mmzoo/captioning/tflite_loop.py`), the greedy and beam loops
   in NumPy that drives them.
 
 Both files hold TFLite builtin ops only (no Flex), so the LiteRT
