@@ -1195,7 +1195,11 @@ class Captioning(Task):
         return dict(outputs)
 
     def answer(self, output, labels, top_k=5):
-        return dict(output)
+        raise ValueError(
+            "A captioning run writes a caption of an image, without a text to "
+            "answer about: use `mmzoo caption RUN --image PATH` "
+            "(mmzoo.captioning.inference.caption_files)."
+        )
 
     def saved_model_plan(self, run, name, warmup=None):
         """The SavedModel export: `mmzoo.captioning.export`."""
