@@ -219,6 +219,13 @@ def test_caption_command_refuses_mistakes_in_one_line(trained, tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["caption", str(folder), "--image", str(tmp_path / "no.png")])
     assert exit_.value.code == 2
+    _, _, images = trained
+    predict = ["predict", str(folder), "--image", images[0], "--text", "what?"]
+    assert cli.main(predict) == 2
+    assert "mmzoo caption" in capsys.readouterr().err
+    baselines = ["train", "--task", "captioning", "--train", manifest, "--baselines"]
+    assert cli.main([*baselines, "--out", str(tmp_path / "no")]) == 2
+    assert "does not" in capsys.readouterr().err
 
 
 def test_evaluate_command_reports_bleu_and_cider(trained, tmp_path, capsys):
