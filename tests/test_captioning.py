@@ -316,3 +316,18 @@ def test_tflite_files_caption_as_keras_greedy_and_beam(trained, run, tmp_path):
             [h["score"] for h in result["captions"]],
             atol=1e-3,
         )
+
+
+def test_decodes_under_mixed_precision():
+    import keras
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_captioner(**TINY, seed=3, compile=False)
+        images = _pixels(2, seed=4)
+        greedy_ids, _ = generate(model, images)
+        beam_ids, _ = generate(model, images, method="beam", beam_width=1)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    np.testing.assert_array_equal(np.asarray(beam_ids)[:, 0], greedy_ids)

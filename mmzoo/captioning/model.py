@@ -71,6 +71,8 @@ _NEG = -1e9
 def _attend(query, key, value, mask=None):
     """Scaled dot-product attention of `(batch, heads, q, d)` on `(batch,
     heads, k, d)`; `mask` broadcasts to `(batch, heads, q, k)`, True keeps."""
+    # float32 whatever the policy: the decoding cache is float32.
+    query, key, value = (ops.cast(t, "float32") for t in (query, key, value))
     scale = 1.0 / math.sqrt(query.shape[-1])
     scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * scale
     if mask is not None:
@@ -259,6 +261,7 @@ class CaptionDecoder(keras.layers.Layer):
         length = tokens.shape[1]
         x = ops.take(self.token_embedding, tokens, axis=0)
         x = x + self.position_embedding[None, :length]
+        x = ops.cast(x, self.compute_dtype)
         causal = ops.tril(ops.ones((length, length), dtype="bool"))[None, None]
         for block in self.blocks:
             h = block["self_norm"](x)
@@ -288,7 +291,10 @@ class CaptionDecoder(keras.layers.Layer):
         `(keys, values)`, each `(layers, batch, heads, cells, head_dim)`."""
         keys = [self._split(block["cross_k"](memory)) for block in self.blocks]
         values = [self._split(block["cross_v"](memory)) for block in self.blocks]
-        return ops.stack(keys), ops.stack(values)
+        return (
+            ops.cast(ops.stack(keys), "float32"),
+            ops.cast(ops.stack(values), "float32"),
+        )
 
     def empty_cache(self, batch):
         """The self-attention cache before the first step: `(keys,
@@ -311,7 +317,7 @@ class CaptionDecoder(keras.layers.Layer):
         position = ops.cast(position, "int32")
         x = ops.take(self.token_embedding, ops.cast(token, "int32"), axis=0)
         x = x + ops.take(self.position_embedding, position, axis=0)[None]
-        x = x[:, None]  # (batch, 1, dim)
+        x = ops.cast(x[:, None], self.compute_dtype)  # (batch, 1, dim)
         # The slot this step writes, and the slots it may read (<= position).
         slot = ops.one_hot(position, self.max_length, dtype="float32")
         slot = ops.reshape(slot, (1, 1, self.max_length, 1))
@@ -322,14 +328,10 @@ class CaptionDecoder(keras.layers.Layer):
         new_keys, new_values = [], []
         for index, block in enumerate(self.blocks):
             h = block["self_norm"](x)
-            keys = (
-                cache_keys[index] * (1.0 - slot)
-                + self._split(block["self_k"](h)) * slot
-            )
-            values = (
-                cache_values[index] * (1.0 - slot)
-                + self._split(block["self_v"](h)) * slot
-            )
+            key = ops.cast(self._split(block["self_k"](h)), "float32")
+            value = ops.cast(self._split(block["self_v"](h)), "float32")
+            keys = cache_keys[index] * (1.0 - slot) + key * slot
+            values = cache_values[index] * (1.0 - slot) + value * slot
             new_keys.append(keys)
             new_values.append(values)
             attended = _attend(self._split(block["self_q"](h)), keys, values, visible)
