@@ -9,6 +9,10 @@ from mmzoo import losses  # noqa: F401
 from mmzoo.builder import MultimodalModel
 from mmzoo.builder import build_model
 from mmzoo.builder import with_modality_weights
+
+# Registers the captioner's classes for loading too.
+from mmzoo.captioning.model import Captioner
+from mmzoo.captioning.model import build_captioner
 from mmzoo.dual_encoder import DualEncoder
 from mmzoo.dual_encoder import RetrievalMetrics
 from mmzoo.dual_encoder import build_dual_encoder
@@ -22,9 +26,11 @@ from mmzoo.tasks import get_task
 
 __all__ = [
     "__version__",
+    "Captioner",
     "DualEncoder",
     "MultimodalModel",
     "RetrievalMetrics",
+    "build_captioner",
     "build_dual_encoder",
     "build_model",
     "ensemble",

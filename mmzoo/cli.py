@@ -250,7 +250,13 @@ def _export(args):
             index=index,
         )
         print(f"SavedModel written to {path}")
-    if args.tflite:
+    if args.tflite and run.task.name == "captioning":
+        from mmzoo.captioning.tflite import export_tflite as export_captioner
+
+        # Two files and their loop: --tflite names the folder for them.
+        folder = export_captioner(run, os.path.splitext(args.tflite)[0])
+        print(f"TFLite encoder, decoder step and caption_loop.py written to {folder}")
+    elif args.tflite:
         from mmzoo.export.tflite import export_tflite
 
         report = export_tflite(
@@ -662,6 +668,7 @@ def build_parser():
         _add_ensemble_command,
         _add_evaluate_command,
         _add_predict_command,
+        _add_caption_command,
         _add_export_command,
         _add_retrieval_commands,
         _add_demo_command,
@@ -834,6 +841,37 @@ def _add_predict_command(commands):
     prediction.add_argument("--text", required=True)
     prediction.add_argument("--top-k", type=_INTEGER, default=5)
     prediction.set_defaults(run=_predict)
+
+
+def _add_caption_command(commands):
+    caption = commands.add_parser(
+        "caption", help="captions of image files by a captioning run"
+    )
+    caption.add_argument("model", type=_PATH, help="a captioning run folder")
+    caption.add_argument(
+        "--image", type=_FILE, required=True, action="append", help="an image file"
+    )
+    caption.add_argument(
+        "--beam", type=_INTEGER, default=1, help="beam width (1: greedy)"
+    )
+    caption.set_defaults(run=_caption)
+
+
+def _caption(args):
+    from mmzoo.captioning.inference import caption_files
+    from mmzoo.runs import load_run
+
+    run = load_run(args.model)
+    if run.task.name != "captioning":
+        raise ValueError(
+            f"{args.model} is a {run.task.name} run: `mmzoo caption` needs a "
+            "run trained with --task captioning."
+        )
+    for result in caption_files(run, args.image, beam_width=args.beam):
+        print(result["image"])
+        for hypothesis in result["captions"]:
+            print(f"  {hypothesis['score']:9.4f}  {hypothesis['caption']}")
+    return 0
 
 
 def _add_export_command(commands):

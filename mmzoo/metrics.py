@@ -189,6 +189,14 @@ def format_metrics(metrics) -> str:
         return "\n\n".join(sections)
     if "image_to_text_median_rank" in metrics:
         return _format_retrieval(metrics)
+    if "CIDEr-D" in metrics:
+        # Captioning (`mmzoo.captioning.metrics.caption_metrics`).
+        names = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]
+        lines = [f"Examples: {metrics['examples']} ({metrics['images']} images)"]
+        lines += [f"{name + ':':<9} {metrics[name]:.4f}" for name in names]
+        for shown in metrics.get("examples_shown", [])[:3]:
+            lines.append(f"  {shown['caption']!r}  (ref: {shown['references'][0]!r})")
+        return "\n".join(lines)
     if "mae" in metrics:
         headline = [
             ("MAE", metrics["mae"]),

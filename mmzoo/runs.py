@@ -150,7 +150,7 @@ class Run:
         dataset, report = self.dataset(
             data, batch_size, unknown_labels, max_bad_fraction
         )
-        targets, outputs = dataset_outputs(self.model, dataset)
+        targets, outputs = self.task.dataset_outputs(self.model, dataset)
         return targets, outputs, report
 
     def predict(self, image, text, top_k=5, max_pixels=None):

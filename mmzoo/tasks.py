@@ -223,6 +223,20 @@ class Task:
 
     # === Data ===
 
+    def fit_word_tokenizer(self, texts, max_vocab_size, max_tokens):
+        """The word tokenizer a training run fits on its texts (default:
+        `WordTokenizer.fit`; a captioning run adds `[START]` and `[END]`)."""
+        from mmzoo.data.tokenizers import WordTokenizer
+
+        return WordTokenizer.fit(
+            texts, max_vocab_size=max_vocab_size, max_tokens=max_tokens
+        )
+
+    def tokenizer_arguments(self, tokenizer):
+        """`build` arguments a training run takes from its word tokenizer
+        besides `vocab_size` (default none)."""
+        return {}
+
     def fit_labels(self, manifest, rows):
         """The label vocabulary of training data: `manifest`'s `rows`
         (indices of good rows); `None` when `classes` is false."""
@@ -301,6 +315,14 @@ class Task:
 
     # === Answers ===
 
+    def dataset_outputs(self, model, dataset):
+        """`(targets, outputs)` of `model` on an evaluation dataset, what
+        `evaluate` scores (default: `mmzoo.runs.dataset_outputs`, the
+        model's `predict`; a captioner decodes captions instead)."""
+        from mmzoo.runs import dataset_outputs
+
+        return dataset_outputs(model, dataset)
+
     def output_tensors(self, outputs):
         """The task's output(s) in a model's outputs dict, as they are (in
         a serving graph: tensors)."""
@@ -345,6 +367,15 @@ class Task:
         return float(np.mean(first.argmax(-1) == second.argmax(-1)))
 
     # === Evaluation ===
+
+    def evaluation_files(self, run, data, path):
+        """Files `mmzoo evaluate` writes beside its metrics JSON `path`
+        (default none; a captioning run draws example captions).
+
+        Returns:
+            The paths written.
+        """
+        return []
 
     def evaluate(self, targets, output, labels):
         """The task's evaluation metrics, a JSON-ready dict."""
@@ -1088,6 +1119,124 @@ class MultiTask(Task):
         return {"examples": examples, "heads": heads}
 
 
+class Captioning(Task):
+    """A sentence about the image: `mmzoo.captioning.build_captioner`.
+
+    The manifest's text column holds the caption; an image with several
+    captions has one row per caption (every caption is an example of each
+    epoch). The model teacher-forces itself from the caption's tokens
+    (`Captioner.compute_loss`), so the targets are only what evaluation
+    needs: which rows show the same image, and the raw captions, its
+    references. Evaluation decodes (greedy) and scores BLEU-1..4 and
+    CIDEr-D against all references of each image
+    (`mmzoo.captioning.metrics`).
+    """
+
+    name = "captioning"
+    description = "a sentence about the image (image grid -> transformer decoder)"
+    output_name = "logits"
+    classes = False
+    fused = False
+    needs_labels = False
+    headline = "CIDEr-D"
+
+    def build(self, **arguments):
+        from mmzoo.captioning.model import build_captioner
+
+        return build_captioner(**arguments)
+
+    def model_arguments(self, config, num_classes):
+        return {"seed": config["seed"]}
+
+    def num_outputs(self, num_classes):
+        return None
+
+    def num_classes(self, labels, target_spec):
+        return None
+
+    def compile_arguments(self, learning_rate=1e-3):
+        import keras
+
+        # The loss is the model's own (`Captioner.compute_loss`).
+        return {"optimizer": keras.optimizers.Adam(learning_rate)}
+
+    def fit_word_tokenizer(self, texts, max_vocab_size, max_tokens):
+        from mmzoo.captioning.vocabulary import build_caption_vocabulary
+        from mmzoo.data.tokenizers import WordTokenizer
+
+        texts = list(texts)
+        return WordTokenizer(
+            build_caption_vocabulary(texts, max_vocab_size), max_tokens
+        )
+
+    def tokenizer_arguments(self, tokenizer):
+        # The captioner keeps its words: it decodes to text without the run.
+        return {"vocabulary": tokenizer.vocabulary}
+
+    def manifest_targets(self, manifest, rows, labels):
+        _, image_ids = manifest.reader.image_keys(manifest)
+        return {
+            "image_ids": np.asarray([image_ids[i] for i in rows], np.int64),
+            "captions": np.asarray([manifest.texts[i] for i in rows], dtype=object),
+        }
+
+    def targets(self, raw_labels, labels, source=""):
+        raise TypeError(
+            "A captioning task's targets are the rows' captions and images, "
+            "not labels: use `manifest_targets`."
+        )
+
+    def dataset_outputs(self, model, dataset, beam_width=1):
+        from mmzoo.captioning.inference import dataset_captions
+
+        return dataset_captions(model, dataset, beam_width=beam_width)
+
+    def output_of(self, outputs):
+        return dict(outputs)
+
+    def answer(self, output, labels, top_k=5):
+        raise ValueError(
+            "A captioning run writes a caption of an image, without a text to "
+            "answer about: use `mmzoo caption RUN --image PATH` "
+            "(mmzoo.captioning.inference.caption_files)."
+        )
+
+    def saved_model_plan(self, run, name, warmup=None):
+        """The SavedModel export: `mmzoo.captioning.export`."""
+        from mmzoo.captioning.export import saved_model_plan
+
+        return saved_model_plan(run, name, warmup)
+
+    def serving_outputs(self, output, label_names, top_k):
+        raise ValueError(
+            "A captioning run exports its own `caption` signature "
+            "(mmzoo.captioning.export), not the classification one."
+        )
+
+    def agreement(self, first, second):
+        return None
+
+    def evaluation_files(self, run, data, path):
+        from mmzoo.captioning.inference import plot_examples
+
+        out = os.path.splitext(path)[0] + "_examples.png"
+        return [plot_examples(run, data, out)]
+
+    def evaluate(self, targets, output, labels):
+        from mmzoo.captioning.metrics import caption_metrics
+        from mmzoo.captioning.metrics import group_references
+
+        rows, references = group_references(targets["image_ids"], targets["captions"])
+        captions = [output["captions"][row] for row in rows]
+        metrics = {"examples": int(len(targets["image_ids"]))}
+        metrics.update(caption_metrics(captions, references))
+        metrics["examples_shown"] = [
+            {"caption": captions[i], "references": references[i]}
+            for i in range(min(5, len(rows)))
+        ]
+        return metrics
+
+
 def _value_problem(head, value, labels):
     """`(reason, detail)` for a head value its task cannot use, or None."""
     if head.task.classes:
@@ -1166,6 +1315,7 @@ TASKS = MappingProxyType(
             Binary(),
             Regression(),
             Contrastive(),
+            Captioning(),
         )
     }
 )

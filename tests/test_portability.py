@@ -18,14 +18,21 @@ PACKAGE = pathlib.Path(mmzoo.__file__).parent
 # The modules that make up the models: the top-level modules and the towers
 # and fusions, but for the ones that read data, export, train or serve and
 # the pretrained towers (keras-hub and TF-Hub import TensorFlow).
-NOT_MODEL_CODE = {"cli.py", "runs.py", "towers/pretrained.py"}
+NOT_MODEL_CODE = {
+    "cli.py",
+    "runs.py",
+    "towers/pretrained.py",
+    "captioning/export.py",
+    "captioning/inference.py",
+    "captioning/tflite.py",
+}
 MODEL_CODE = sorted(
     path
     for path in (
         *(p.name for p in PACKAGE.glob("*.py")),
         *(
             f"{folder}/{p.name}"
-            for folder in ("towers", "fusion")
+            for folder in ("towers", "fusion", "captioning")
             for p in (PACKAGE / folder).glob("*.py")
         ),
     )

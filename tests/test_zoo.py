@@ -287,6 +287,7 @@ def test_listing_reads_the_registry():
     assert mmzoo.list_fusions("*only") == ["image_only", "text_only"]
     assert mmzoo.list_tasks() == [
         "binary",
+        "captioning",
         "contrastive",
         "multiclass",
         "multilabel",
@@ -348,8 +349,8 @@ def test_list_command_reads_the_registry(capsys):
 
     assert cli.main(["list", "tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "Tasks (build_model(task=...)): 5"
-    assert [line.split()[0] for line in lines[1:6]] == mmzoo.list_tasks()
+    assert lines[0] == "Tasks (build_model(task=...)): 6"
+    assert [line.split()[0] for line in lines[1:7]] == mmzoo.list_tasks()
     assert cli.main(["list", "losses"]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed_losses = [line.split()[0] for line in lines[1:] if line]

@@ -1064,6 +1064,9 @@ def export_saved_model(
         from mmzoo.export.ensemble import saved_model_plan
 
         plan = saved_model_plan(run, name, warmup, top_k)
+    elif hasattr(run.task, "saved_model_plan"):
+        # A task with a SavedModel of its own (captioning's `caption`).
+        plan = run.task.saved_model_plan(run, name, warmup)
     else:
         plan = _run_plan(run, name, warmup, top_k, index)
     # The number is claimed before the long work, so a concurrent export of

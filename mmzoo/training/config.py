@@ -186,7 +186,7 @@ def validate(config):
         if not task.fused:
             raise ConfigError(
                 f"`{key}` applies to models that fuse an image and a text; "
-                f"task={task.name!r} trains a dual encoder. Received: "
+                f"task={task.name!r} does not ({task.description}). Received: "
                 f"{key}={config[key]!r}",
                 key,
             )

@@ -9,7 +9,6 @@ import json
 import os
 
 from mmzoo.runs import as_run
-from mmzoo.runs import dataset_outputs
 from mmzoo.tasks import get_task
 
 
@@ -28,7 +27,7 @@ def evaluate_dataset(model, dataset, labels, task):
         The metrics dict (see `mmzoo.metrics`).
     """
     task = get_task(task)
-    targets, outputs = dataset_outputs(model, dataset)
+    targets, outputs = task.dataset_outputs(model, dataset)
     return task.evaluate(targets, task.output_of(outputs), labels)
 
 
@@ -61,4 +60,6 @@ def evaluate(model, data, out=None, batch_size=64, unknown_labels="error"):
         out = os.path.join(run.directory, f"evaluation_{stem}.json")
     with open(out, "w", encoding="utf-8") as file:
         json.dump(metrics, file, indent=2)
+    # E.g. a captioning run's example captions beside their images.
+    run.task.evaluation_files(run, data, out)
     return metrics, out

@@ -393,8 +393,8 @@ def _fit_tokenizer(config, resume):
             for i in range(len(manifest))
             if not row_problems(manifest, i, needs_label)
         ]
-        tokenizer = tokenizers.WordTokenizer.fit(
-            texts, max_vocab_size=config["vocab_size"], max_tokens=config["max_tokens"]
+        tokenizer = task_of(config).fit_word_tokenizer(
+            texts, config["vocab_size"], config["max_tokens"]
         )
     tokenizer.save(folder)
     return tokenizer
@@ -533,6 +533,7 @@ def _build(config, tokenizer, num_classes):
     if registry.text_tower(config["text_tower"]).tokenizer == "word":
         # The tower's embedding has a row per id the fitted tokenizer makes.
         arguments["vocab_size"] = tokenizer.vocab_size
+        arguments.update(task.tokenizer_arguments(tokenizer))
     if config["text_preset"]:
         arguments["text_preset"] = config["text_preset"]
     if config["hub_handle"]:
