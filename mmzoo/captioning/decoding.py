@@ -122,31 +122,12 @@ def _stepper(decoder, memory, use_cache):
 
 def greedy(decoder, memory, max_length, use_cache=True):
     """The most likely token at each step; see `generate`."""
-    batch = ops.shape(memory)[0]
-    length = decoder.max_length
-    step, state = _stepper(decoder, memory, use_cache)
 
-    def body(position, carry):
-        ids, token, finished, score, state = carry
-        logits, state = step(token, position, state)
+    def pick(logits, position):
         log_probs = ops.log_softmax(_allowed(logits), axis=-1)
-        chosen = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
-        chosen = ops.where(finished, PAD_ID, chosen)
-        gained = ops.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
-        score = score + ops.where(finished, 0.0, gained)
-        ids = ids + chosen[:, None] * ops.one_hot(position, length, dtype="int32")[None]
-        finished = ops.logical_or(finished, ops.equal(chosen, END_ID))
-        return ids, chosen, finished, score, state
+        return log_probs, ops.argmax(log_probs, axis=-1)
 
-    carry = (
-        ops.zeros((batch, length), "int32"),
-        ops.full((batch,), START_ID, "int32"),
-        ops.zeros((batch,), "bool"),
-        ops.zeros((batch,), "float32"),
-        state,
-    )
-    ids, _, _, score, _ = ops.fori_loop(0, max_length, body, carry)
-    return ids, score
+    return _token_by_token(decoder, memory, max_length, use_cache, pick)
 
 
 def sample(
@@ -167,25 +148,39 @@ def sample(
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"`top_k` must be an integer >= 0. Received: top_k={top_k!r}")
     batch = ops.shape(memory)[0]
-    length = decoder.max_length
     vocab = decoder.vocab_size
     uniform = keras.random.uniform(
-        (length, batch, vocab), minval=1e-9, maxval=1.0, seed=seed
+        (decoder.max_length, batch, vocab), minval=1e-9, maxval=1.0, seed=seed
     )
     gumbel = -ops.log(-ops.log(uniform))
-    step, state = _stepper(decoder, memory, use_cache)
 
-    def body(position, carry):
-        ids, token, finished, score, state = carry
-        logits, state = step(token, position, state)
+    def pick(logits, position):
         logits = _allowed(logits) / temperature
         if top_k:
             kth = ops.top_k(logits, min(top_k, vocab))[0][:, -1:]
             logits = ops.where(logits < kth, _NEG, logits)
         log_probs = ops.log_softmax(logits, axis=-1)
         noise = ops.take(gumbel, position, axis=0)
-        chosen = ops.cast(ops.argmax(log_probs + noise, axis=-1), "int32")
-        chosen = ops.where(finished, PAD_ID, chosen)
+        return log_probs, ops.argmax(log_probs + noise, axis=-1)
+
+    return _token_by_token(decoder, memory, max_length, use_cache, pick)
+
+
+def _token_by_token(decoder, memory, max_length, use_cache, pick):
+    """One hypothesis per image, a token per step: greedy and sampling.
+
+    `pick(logits, position)` returns the step's log-probabilities and the
+    chosen token ids; a caption that has ended gets padding and no score.
+    """
+    batch = ops.shape(memory)[0]
+    length = decoder.max_length
+    step, state = _stepper(decoder, memory, use_cache)
+
+    def body(position, carry):
+        ids, token, finished, score, state = carry
+        logits, state = step(token, position, state)
+        log_probs, chosen = pick(logits, position)
+        chosen = ops.where(finished, PAD_ID, ops.cast(chosen, "int32"))
         gained = ops.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
         score = score + ops.where(finished, 0.0, gained)
         ids = ids + chosen[:, None] * ops.one_hot(position, length, dtype="int32")[None]
