@@ -560,7 +560,24 @@ class Regression(Task):
         return regression_metrics(targets, output)
 
 
-class Contrastive(Task):
+class _OwnLoss(Task):
+    """A task whose model computes its own loss (`DualEncoder.compute_loss`,
+    `Captioner.compute_loss`): no classes, no output width, and `compile`
+    gets the optimizer alone."""
+
+    def num_outputs(self, num_classes):
+        return None
+
+    def num_classes(self, labels, target_spec):
+        return None
+
+    def compile_arguments(self, learning_rate=1e-3):
+        import keras
+
+        return {"optimizer": keras.optimizers.Adam(learning_rate)}
+
+
+class Contrastive(_OwnLoss):
     """An image and its text mapped close together in a shared space.
 
     The model is a dual encoder (`mmzoo.build_dual_encoder`) trained with
@@ -599,18 +616,6 @@ class Contrastive(Task):
 
     def model_arguments(self, config, num_classes):
         return {"loss": config.get("loss") or self.loss}
-
-    def num_outputs(self, num_classes):
-        return None
-
-    def num_classes(self, labels, target_spec):
-        return None
-
-    def compile_arguments(self, learning_rate=1e-3):
-        import keras
-
-        # The pair loss is the model's own (`DualEncoder.compute_loss`).
-        return {"optimizer": keras.optimizers.Adam(learning_rate)}
 
     def epoch_callbacks(self, validation):
         from mmzoo.dual_encoder import RetrievalMetrics
@@ -1119,7 +1124,7 @@ class MultiTask(Task):
         return {"examples": examples, "heads": heads}
 
 
-class Captioning(Task):
+class Captioning(_OwnLoss):
     """A sentence about the image: `mmzoo.captioning.build_captioner`.
 
     The manifest's text column holds the caption; an image with several
@@ -1147,18 +1152,6 @@ class Captioning(Task):
 
     def model_arguments(self, config, num_classes):
         return {"seed": config["seed"]}
-
-    def num_outputs(self, num_classes):
-        return None
-
-    def num_classes(self, labels, target_spec):
-        return None
-
-    def compile_arguments(self, learning_rate=1e-3):
-        import keras
-
-        # The loss is the model's own (`Captioner.compute_loss`).
-        return {"optimizer": keras.optimizers.Adam(learning_rate)}
 
     def fit_word_tokenizer(self, texts, max_vocab_size, max_tokens):
         from mmzoo.captioning.vocabulary import build_caption_vocabulary
