@@ -14,6 +14,7 @@ Speed is measured here and written to `benchmarks/RESULTS.md`; it is never
 asserted in unit tests.
 """
 
+import csv
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +34,20 @@ def child_environment(backend):
             filter(None, [ROOT, os.environ.get("PYTHONPATH")])
         ),
     }
+
+
+def write_csv_manifests(folder, rows, columns=("image", "text")):
+    """`{split: rows}` as `folder/<split>.csv` manifests with `columns`;
+    returns `{split: path}`. Each file is renamed into place, so a run of
+    another seed reading it never sees half of one."""
+    os.makedirs(folder, exist_ok=True)
+    manifests = {}
+    for split, entries in rows.items():
+        manifests[split] = os.path.join(folder, f"{split}.csv")
+        staging = f"{manifests[split]}.{os.getpid()}"
+        with open(staging, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(columns)
+            writer.writerows(entries)
+        os.replace(staging, manifests[split])
+    return manifests

@@ -20,12 +20,13 @@ with and without the key/value cache (`tf.function`-compiled, as served).
 
 import argparse
 import collections
-import csv
 import json
 import os
 import platform
 import statistics
 import time
+
+from benchmarks import write_csv_manifests
 
 PHRASINGS = ("a {c} {s}", "the shape is a {c} {s}", "a {s} that is {c}")
 
@@ -61,14 +62,7 @@ def write_manifests(folder, train_images=1500, test_images=300, seed=0):
     train = rows["train"]
     cut = len(train) // 10 // len(PHRASINGS) * len(PHRASINGS)
     rows["val"], rows["train"] = train[:cut], train[cut:]
-    os.makedirs(folder, exist_ok=True)
-    manifests = {}
-    for split, entries in rows.items():
-        manifests[split] = os.path.join(folder, f"{split}.csv")
-        with open(manifests[split], "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(["image", "text"])
-            writer.writerows(entries)
+    manifests = write_csv_manifests(folder, rows)
     return manifests, {k: len(v) // len(PHRASINGS) for k, v in rows.items()}
 
 

@@ -22,6 +22,8 @@ import os
 import platform
 import time
 
+from benchmarks import write_csv_manifests
+
 
 def write_manifests(folder, val_fraction=0.1, seed=0):
     """`{split: path}` of (image, caption) CSVs, no labels: train, val, test.
@@ -30,7 +32,6 @@ def write_manifests(folder, val_fraction=0.1, seed=0):
     caption and are left out (counted in `skipped`); `val` is a random
     `val_fraction` of the training images.
     """
-    import csv
 
     import easy_vqa
     import numpy as np
@@ -51,14 +52,7 @@ def write_manifests(folder, val_fraction=0.1, seed=0):
     training = rows.pop("train")
     rows["train"] = [row for i, row in enumerate(training) if i not in held]
     rows["val"] = [row for i, row in enumerate(training) if i in held]
-    os.makedirs(folder, exist_ok=True)
-    manifests = {}
-    for split, entries in rows.items():
-        manifests[split] = os.path.join(folder, f"{split}.csv")
-        with open(manifests[split], "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(["image", "text"])
-            writer.writerows(entries)
+    manifests = write_csv_manifests(folder, rows)
     return manifests, {split: len(entries) for split, entries in rows.items()}, skipped
 
 

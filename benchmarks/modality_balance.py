@@ -24,12 +24,13 @@ Sets:
 """
 
 import argparse
-import csv
 import json
 import os
 import platform
 import statistics
 import time
+
+from benchmarks import write_csv_manifests
 
 FUSIONS = ("concat", "gated", "bilinear", "film", "late")
 BASELINES = ("image_only", "text_only")
@@ -100,7 +101,6 @@ def easy_vqa_manifests(folder, val_fraction=0.1, seed=0):
     from mmzoo.data.sources import read_manifest
 
     paths = easy_vqa()
-    os.makedirs(folder, exist_ok=True)
     rows = {}
     for split in ("train", "test"):
         manifest = read_manifest(paths[split])
@@ -113,16 +113,7 @@ def easy_vqa_manifests(folder, val_fraction=0.1, seed=0):
     training = rows.pop("train")
     rows["train"] = [row for row in training if row[0] not in held]
     rows["val"] = [row for row in training if row[0] in held]
-    manifests = {}
-    for split, entries in rows.items():
-        manifests[split] = os.path.join(folder, f"{split}.csv")
-        # Renamed into place: runs of other seeds may be reading it.
-        staging = f"{manifests[split]}.{os.getpid()}"
-        with open(staging, "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(["image", "text", "label"])
-            writer.writerows(entries)
-        os.replace(staging, manifests[split])
+    manifests = write_csv_manifests(folder, rows, ("image", "text", "label"))
     return manifests
 
 
