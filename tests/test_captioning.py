@@ -1,7 +1,8 @@
 """Image captioning: the model, its decoding, the run, evaluation, export.
 
 One tiny captioner is trained once for the module (`mmzoo train --task
-captioning` through `trainer.train`, 8 images x 3 captions, 32 px) and read
+captioning` through `trainer.train`, 8 images x 3 captions, 32 px, 2
+epochs, interrupted after the first and finished by `--resume`) and read
 by every test after the first few, which build untrained models.
 """
 
@@ -10,6 +11,7 @@ import json
 import os
 
 import data_fixtures
+import keras
 import numpy as np
 import pytest
 from harness import probe_signatures
@@ -50,26 +52,53 @@ def untrained():
     return build_captioner(**TINY, seed=1)
 
 
+class _Interrupt(keras.callbacks.Callback):
+    """Stops a run after its first epoch, as a kill would (after the
+    epoch's backup)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """`(run folder, manifest, image files)` of one tiny captioning run."""
+def interrupted(tmp_path_factory):
+    """The first sitting of the module's run, stopped after epoch 1: `(run
+    folder, manifest, what the folder held then)`."""
     folder = tmp_path_factory.mktemp("captioning")
     manifest = data_fixtures.caption_manifest(folder / "data", images=8, captions=3)
-    trainer.train(
-        train=manifest,
-        val=manifest,
-        test=manifest,
-        task="captioning",
-        epochs=2,
-        image_size=32,
-        max_tokens=8,
-        batch_size=8,
-        model=MODEL,
-        out=folder / "run",
-        verbose=0,
-    )
-    images = sorted(glob.glob(str(folder / "data" / "images" / "*.png")))
-    return folder / "run", manifest, images
+    out = folder / "run"
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(
+            train=manifest,
+            val=manifest,
+            test=manifest,
+            task="captioning",
+            epochs=2,
+            image_size=32,
+            max_tokens=8,
+            batch_size=8,
+            model=MODEL,
+            out=out,
+            verbose=0,
+            callbacks=[_Interrupt()],
+        )
+    left = {
+        "backup": os.path.isdir(out / "backup"),
+        "model": os.path.exists(out / "model.keras"),
+        "history": (out / "history.csv").read_text().splitlines(),
+    }
+    return out, manifest, left
+
+
+@pytest.fixture(scope="module")
+def trained(interrupted):
+    """`(run folder, manifest, image files)` of the module's run, finished by
+    `mmzoo train --out RUN --resume` (every later test reads a resumed run)."""
+    out, manifest, _ = interrupted
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    images = sorted(glob.glob(str(out.parent / "data" / "images" / "*.png")))
+    return out, manifest, images
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +230,21 @@ def test_run_folder_and_metrics(trained, run):
     assert {"BLEU-1", "BLEU-4", "CIDEr-D"} <= set(test)
     assert run.task.name == "captioning"
     assert run.model.vocabulary == run.tokenizer.vocabulary
+
+
+def test_an_interrupted_run_resumes_from_its_backup(interrupted, trained, run):
+    _, _, left = interrupted
+    folder = trained[0]
+    assert left["backup"] and not left["model"]
+    assert [row.split(",")[0] for row in left["history"][1:]] == ["0"]
+    history = (folder / "history.csv").read_text().splitlines()
+    # Epoch 0's row is the first sitting's, epoch 1 the resumed one's.
+    assert history[: len(left["history"])] == left["history"]
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]
+    assert not (folder / "backup").exists()
+    assert mmzoo.load_model(folder / "model.keras").vocabulary == run.model.vocabulary
+    with pytest.raises(trainer.RunError, match="already finished"):
+        trainer.train(out=folder, resume=True, verbose=0)
 
 
 def test_caption_command(trained, capsys):
