@@ -189,6 +189,72 @@ def test_vocabulary_has_start_and_end_that_no_text_makes():
     assert caption_text(ids, vocabulary) == "red circle"
 
 
+# The script runs as on an accelerator machine without TensorFlow (as in
+# test_portability): any attempt to import it fails.
+JAX_SCRIPT = """
+import json, sys
+
+class NoTensorFlow:
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf_keras", "keras_hub"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+
+sys.meta_path.insert(0, NoTensorFlow())
+import keras
+import numpy as np
+from mmzoo.captioning import build_captioner, generate
+
+tiny, data, out = json.loads(sys.argv[1])
+images, tokens = np.load(data)["images"], np.load(data)["tokens"]
+model = build_captioner(**tiny, seed=1)
+history = model.fit({"image": images, "tokens": tokens}, epochs=2, verbose=0)
+greedy = generate(model, images)
+beam_1 = generate(model, images, method="beam", beam_width=1)
+beam_3 = generate(model, images, beam_width=3, length_penalty=0.6)
+model.save(out)
+print(json.dumps({
+    "backend": keras.backend.backend(),
+    "tensorflow_imported": "tensorflow" in sys.modules,
+    "loss": history.history["loss"],
+    **{name: [np.asarray(part).tolist() for part in result]
+       for name, result in
+       (("greedy", greedy), ("beam_1", beam_1), ("beam_3", beam_3))},
+}))
+"""
+
+
+def test_trains_and_decodes_on_jax_without_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    images = _pixels(4, seed=6)
+    tokens = np.random.default_rng(6).integers(4, 20, (4, 6))
+    tokens[:, 4:] = 0
+    data, out = str(tmp_path / "data.npz"), str(tmp_path / "jax.keras")
+    np.savez(data, images=images, tokens=tokens.astype("int32"))
+    arguments = json.dumps([TINY, data, out])
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, arguments],
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["tensorflow_imported"] is False
+    assert np.all(np.isfinite(report["loss"]))
+    greedy_ids, greedy_scores = report["greedy"]
+    beam_ids, beam_scores = report["beam_1"]
+    assert [row[0] for row in beam_ids] == greedy_ids
+    np.testing.assert_allclose(np.asarray(beam_scores)[:, 0], greedy_scores, atol=1e-5)
+    assert np.asarray(report["beam_3"][0]).shape == (4, 3, TINY["max_tokens"])
+    # The JAX-trained file decodes the same on TensorFlow.
+    ids, scores = generate(mmzoo.load_model(out), images)
+    np.testing.assert_array_equal(ids, greedy_ids)
+    np.testing.assert_allclose(scores, greedy_scores, atol=1e-4)
+
+
 # === Metrics ===
 
 
