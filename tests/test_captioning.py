@@ -22,7 +22,9 @@ from mmzoo.captioning import build_captioner
 from mmzoo.captioning import generate
 from mmzoo.captioning.metrics import caption_metrics
 from mmzoo.captioning.vocabulary import END_ID
+from mmzoo.captioning.vocabulary import PAD_ID
 from mmzoo.captioning.vocabulary import START_ID
+from mmzoo.captioning.vocabulary import UNK_ID
 from mmzoo.captioning.vocabulary import build_caption_vocabulary
 from mmzoo.captioning.vocabulary import caption_text
 from mmzoo.training import trainer
@@ -187,6 +189,19 @@ def test_vocabulary_has_start_and_end_that_no_text_makes():
     assert vocabulary.count("[START]") == 1 and "start" in vocabulary
     ids = [vocabulary.index("red"), vocabulary.index("circle"), END_ID, 5]
     assert caption_text(ids, vocabulary) == "red circle"
+
+
+def test_ids_become_the_same_text_in_keras_and_in_the_saved_model():
+    from mmzoo.captioning.export import ids_to_text
+
+    vocabulary = build_caption_vocabulary(["a red circle"])
+    red, circle = vocabulary.index("red"), vocabulary.index("circle")
+    # [UNK] can be generated (only [PAD] and [START] are ruled out).
+    rows = [[red, UNK_ID, circle, END_ID, red], [START_ID, PAD_ID, red, 4, END_ID]]
+    texts = [caption_text(row, vocabulary) for row in rows]
+    assert texts == ["red circle", f"red {vocabulary[4]}"]
+    graph = ids_to_text(np.asarray(rows, "int32"), vocabulary).numpy()
+    assert [text.decode() for text in graph] == texts
 
 
 # The script runs as on an accelerator machine without TensorFlow (as in

@@ -39,15 +39,15 @@ def is_caption_vocabulary(vocabulary):
 
 def caption_words(ids, vocabulary):
     """The words of one decoded caption: ids up to `[END]` (excluded),
-    special tokens dropped."""
+    special tokens dropped, `[UNK]` too (as the SavedModel's
+    `export.ids_to_text` and the TFLite loop's `Captioner.words` do)."""
     words = []
     for token_id in ids:
         token_id = int(token_id)
         if token_id == END_ID:
             break
-        if token_id in (PAD_ID, START_ID):
-            continue
-        words.append(vocabulary[token_id])
+        if token_id >= len(SPECIAL_TOKENS):
+            words.append(vocabulary[token_id])
     return words
 
 
