@@ -15,15 +15,16 @@ length_penalty` (Wu et al. 2016), and `length_penalty=0` ranks by the sum.
 Beam width 1 is greedy decoding, token for token.
 """
 
+import keras
 from keras import ops
 
+from mmzoo.captioning.model import NEG_INF
 from mmzoo.captioning.vocabulary import END_ID
 from mmzoo.captioning.vocabulary import PAD_ID
 from mmzoo.captioning.vocabulary import START_ID
 from mmzoo.checks import check_choice
 
 METHODS = ("greedy", "beam", "sample")
-_NEG = -1e9
 
 
 def generate(
@@ -91,7 +92,7 @@ def _allowed(logits):
     """Logits with `[PAD]` and `[START]` ruled out."""
     vocab = logits.shape[-1]
     banned = ops.one_hot(PAD_ID, vocab) + ops.one_hot(START_ID, vocab)
-    return ops.where(ops.cast(banned, "bool"), _NEG, logits)
+    return ops.where(ops.cast(banned, "bool"), NEG_INF, logits)
 
 
 def _stepper(decoder, memory, use_cache):
@@ -101,9 +102,8 @@ def _stepper(decoder, memory, use_cache):
     if use_cache:
         cross = decoder.cross_cache(memory)
 
-        def step(token, position, state):
-            logits, cache = decoder.step(token, position, state, cross)
-            return logits, cache
+        def step(token, position, cache):
+            return decoder.step(token, position, cache, cross)
 
         return step, decoder.empty_cache(batch)
 
@@ -139,8 +139,6 @@ def sample(
     `logits / temperature + Gumbel noise` is a draw from the softmax), so
     the loop holds no random state and a seed fixes the captions.
     """
-    import keras
-
     if not temperature > 0:
         raise ValueError(
             f"`temperature` must be above 0. Received: temperature={temperature!r}"
@@ -158,7 +156,7 @@ def sample(
         logits = _allowed(logits) / temperature
         if top_k:
             kth = ops.top_k(logits, min(top_k, vocab))[0][:, -1:]
-            logits = ops.where(logits < kth, _NEG, logits)
+            logits = ops.where(logits < kth, NEG_INF, logits)
         log_probs = ops.log_softmax(logits, axis=-1)
         noise = ops.take(gumbel, position, axis=0)
         return log_probs, ops.argmax(log_probs + noise, axis=-1)
@@ -222,9 +220,9 @@ def beam_search(
     rows = ops.arange(batch, dtype="int32")[:, None] * width
     # All beams start identical: only the first may be extended at step 0.
     first = ops.cast(ops.equal(ops.arange(width), 0), "float32")
-    scores = ops.broadcast_to((1.0 - first) * _NEG, (batch, width))
+    scores = ops.broadcast_to((1.0 - first) * NEG_INF, (batch, width))
     # A finished beam may only add padding, at no cost.
-    pad_only = ops.where(ops.cast(ops.one_hot(PAD_ID, vocab), "bool"), 0.0, _NEG)
+    pad_only = ops.where(ops.cast(ops.one_hot(PAD_ID, vocab), "bool"), 0.0, NEG_INF)
 
     def body(position, carry):
         ids, token, finished, lengths, scores, state = carry

@@ -40,15 +40,22 @@ def vocabulary_of(model, tokenizer=None):
     return vocabulary
 
 
-def decode_batch(model, images, vocabulary, beam_width=1, **options):
-    """Captions (texts) and scores of a batch of pixels; with `beam_width >
-    1`, the best hypothesis of each image."""
+def _hypotheses(model, images, beam_width=1, **options):
+    """NumPy `(ids (batch, beams, T), scores (batch, beams))` of a batch of
+    pixels: greedy decoding as a beam of one."""
     function = compiled_generate(model, beam_width=beam_width, **options)
     ids, scores = function(np.asarray(images, "float32"))
     ids, scores = np.asarray(ids), np.asarray(scores)
-    if ids.ndim == 3:
-        ids, scores = ids[:, 0], scores[:, 0]
-    return [caption_text(row, vocabulary) for row in ids], scores
+    if ids.ndim == 2:
+        ids, scores = ids[:, None], scores[:, None]
+    return ids, scores
+
+
+def decode_batch(model, images, vocabulary, beam_width=1, **options):
+    """Captions (texts) and scores of a batch of pixels; with `beam_width >
+    1`, the best hypothesis of each image."""
+    ids, scores = _hypotheses(model, images, beam_width, **options)
+    return [caption_text(row, vocabulary) for row in ids[:, 0]], scores[:, 0]
 
 
 def dataset_captions(model, dataset, beam_width=1, tokenizer=None):
@@ -81,7 +88,6 @@ def caption_files(run, paths, beam_width=1, max_pixels=None):
     Every image passes the guard of every image entry point
     (`mmzoo.data.images.prepare_image`).
     """
-    from mmzoo.captioning.decoding import generate  # noqa: F401
     from mmzoo.data.images import prepare_image
     from mmzoo.data.manifest import DEFAULT_MAX_PIXELS
 
@@ -89,11 +95,7 @@ def caption_files(run, paths, beam_width=1, max_pixels=None):
     pixels = np.concatenate(
         [prepare_image(p, run.image_size, run.resize, limit) for p in paths]
     )
-    function = compiled_generate(run.model, beam_width=beam_width)
-    ids, scores = function(pixels.astype("float32"))
-    ids, scores = np.asarray(ids), np.asarray(scores)
-    if ids.ndim == 2:
-        ids, scores = ids[:, None], scores[:, None]
+    ids, scores = _hypotheses(run.model, pixels, beam_width)
     vocabulary = run.tokenizer.vocabulary
     return [
         {

@@ -65,7 +65,10 @@ DEFAULTS = {
     "name": None,
 }
 
-_NEG = -1e9
+# The score of what may not be chosen (masked attention, banned tokens,
+# beams not yet open): finite, so that sums of scores and softmaxes over
+# masked entries stay numbers (-inf would give inf - inf = NaN).
+NEG_INF = -1e9
 
 
 def _attend(query, key, value, mask=None):
@@ -76,7 +79,7 @@ def _attend(query, key, value, mask=None):
     scale = 1.0 / math.sqrt(query.shape[-1])
     scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * scale
     if mask is not None:
-        scores = ops.where(mask, scores, _NEG)
+        scores = ops.where(mask, scores, NEG_INF)
     return ops.matmul(ops.softmax(scores, axis=-1), value)
 
 

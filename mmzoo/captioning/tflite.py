@@ -24,6 +24,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from mmzoo.export.tflite import check_builtin_ops
+
 LOOP = os.path.join(os.path.dirname(__file__), "tflite_loop.py")
 
 
@@ -39,7 +41,10 @@ def _convert(model, function, signature):
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return converter.convert()
+        content = converter.convert()
+    # The zoo's TFLite op audit: builtins only, or ExportError naming the rest.
+    check_builtin_ops(content)
+    return content
 
 
 def export_tflite(run, folder):

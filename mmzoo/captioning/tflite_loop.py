@@ -60,23 +60,10 @@ class Captioner:
         image = np.asarray(pixels, np.float32).reshape(1, *np.shape(pixels)[-3:])
         cross = self.encode(image=image)
         shape = self.config["cache_shape"]
-        keys = np.zeros(shape, np.float32)
-        values = np.zeros(shape, np.float32)
+        cache = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
         token, ids, score = START_ID, [], 0.0
         for position in range(limit):
-            out = self.decode(
-                token=np.array([token], np.int32),
-                position=np.array(position, np.int32),
-                cache_keys=keys,
-                cache_values=values,
-                cross_keys=cross["cross_keys"],
-                cross_values=cross["cross_values"],
-            )
-            logits = out["logits"][0].astype(np.float64)
-            keys, values = out["cache_keys"], out["cache_values"]
-            logits[[PAD_ID, START_ID]] = -1e9
-            log_probs = logits - logits.max()
-            log_probs = log_probs - np.log(np.exp(log_probs).sum())
+            log_probs, cache = self._step(token, position, cache, cross)
             token = int(np.argmax(log_probs))
             score += float(log_probs[token])
             ids.append(token)
@@ -85,6 +72,8 @@ class Captioner:
         return ids, score
 
     def _step(self, token, position, cache, cross):
+        """One decoder step: the next token's log-probabilities (never
+        [PAD] or [START]) and the updated `(keys, values)` cache."""
         out = self.decode(
             token=np.array([token], np.int32),
             position=np.array(position, np.int32),
@@ -150,11 +139,12 @@ class Captioner:
                 words.append(self.vocabulary[token_id])
         return " ".join(words)
 
-    def caption(self, pixels, max_length=None, beam_width=1):
+    def caption(self, pixels, max_length=None, beam_width=1, length_penalty=0.0):
         """`(caption text, score)` of one image (greedy, or the best of
         beam search for `beam_width > 1`)."""
         if beam_width > 1:
-            ids, score = self.beam_ids(pixels, beam_width, max_length)[0]
+            best = self.beam_ids(pixels, beam_width, max_length, length_penalty)
+            ids, score = best[0]
         else:
             ids, score = self.caption_ids(pixels, max_length)
         return self.words(ids), score
