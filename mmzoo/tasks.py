@@ -39,6 +39,11 @@ from mmzoo.data.manifest import Problem
 from mmzoo.data.manifest import label_value_problems
 from mmzoo.data.manifest import split_labels
 
+# BatchNorm statistics after training are averaged over this many training
+# rows at most: a few thousand estimate them as well as all would, and a
+# pass over all of easy-VQA's 31,000 rows cost a fifth of an epoch per model.
+RECALIBRATION_ROWS = 8192
+
 
 class TargetError(ValueError):
     """Labels that cannot become a task's targets; the message says why."""
@@ -203,7 +208,8 @@ class Task:
         `(features, targets)`).
 
         Default: BatchNorm's moving statistics recalibrated on the data
-        (`mmzoo.layers.recalibrate_batch_norm`). They trail the weights
+        (`mmzoo.layers.recalibrate_batch_norm`), over at most
+        `RECALIBRATION_ROWS` rows. They trail the weights
         they were taken under, and on small data that costs much: on
         OpenMoji (benchmarks/RESULTS.md, "Modality balance") the small_cnn
         image-only run went from 0.38 to 0.53 test accuracy and concat
@@ -216,7 +222,7 @@ class Task:
         """
         from mmzoo.layers import recalibrate_batch_norm
 
-        count = recalibrate_batch_norm(model, data)
+        count = recalibrate_batch_norm(model, data, max_rows=RECALIBRATION_ROWS)
         if not count:
             return []
         return [f"{count} BatchNorm layer(s) recalibrated on the training data"]

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from harness import run_layer_config_test
 from keras import ops
 from keras.applications import densenet
@@ -418,9 +419,24 @@ def test_recalibrate_batch_norm_averages_the_batches():
         norm.moving_variance.numpy(), batches.var(1).mean(0), rtol=1e-5
     )
     assert norm.momentum == 0.99  # restored
+    # A dataset of (features, targets) batches, the last one short.
+    dataset = tf.data.Dataset.from_tensor_slices(({"x": data[:35]}, data[:35, 0]))
+    assert recalibrate_batch_norm(model, dataset.batch(10)) == 1
+    short = [data[start : min(start + 10, 35)] for start in range(0, 35, 10)]
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), np.mean([b.mean(0) for b in short], 0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        norm.moving_variance.numpy(), np.mean([b.var(0) for b in short], 0), rtol=1e-5
+    )
     # The frozen layer kept its initial statistics.
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(4))
     np.testing.assert_array_equal(frozen.moving_variance.numpy(), np.ones(4))
+    # `max_rows`: the batches up to the one that reaches it.
+    assert recalibrate_batch_norm(model, {"x": data}, batch_size=10, max_rows=15)
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), batches[:2].mean(1).mean(0), rtol=1e-5
+    )
     # A model without trainable BatchNorm: nothing to do.
     assert recalibrate_batch_norm(keras.Sequential([keras.layers.Dense(2)]), data) == 0
     with pytest.raises(ValueError, match="no rows"):

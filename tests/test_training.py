@@ -1,5 +1,6 @@
 """`mmzoo train / evaluate / predict / demo` end to end on real files."""
 
+import csv
 import json
 import os
 import socket
@@ -96,6 +97,20 @@ def test_cli_train_evaluate_predict(manifest, tmp_path, capsys):
     assert history[0].startswith("epoch") and len(history) == 3
     assert "val_sparse_categorical_accuracy" in history[0].split(",")
     assert "Accuracy:" in result.stdout
+    # BatchNorm is recalibrated once when the last epoch was the best one
+    # (then best.keras is the final model), else for each model.
+    with open(run / "history.csv", newline="") as file:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(file)]
+    last_is_best = losses[-1] < min(losses[:-1])
+    final, best = (
+        mmzoo.load_model(run / name) for name in ("model.keras", "best.keras")
+    )
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(final.get_weights(), best.get_weights(), strict=True)
+    )
+    assert same == last_is_best
+    assert result.stderr.count("BatchNorm layer(s) recalibrated") == 2 - last_is_best
 
     assert cli.main(["evaluate", str(run), "--data", str(manifest)]) == 0
     assert "Accuracy:" in capsys.readouterr().out

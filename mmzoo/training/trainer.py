@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import mmzoo
@@ -489,11 +490,19 @@ def _train(config, resume, verbose, callbacks, progress):
         )
     seconds = time.perf_counter() - start
     best_path = os.path.join(out, runs.BEST)
-    best = mmzoo.load_model(best_path) if os.path.isfile(best_path) else model
+    has_best = os.path.isfile(best_path)
+    best = mmzoo.load_model(best_path) if has_best else model
+    # The best epoch is usually the last: then there is one model to finish.
+    best_is_final = best is model or _same_weights(best, model)
     # E.g. BatchNorm statistics over the whole training set (contrastive).
-    for done in task.after_training(model, train_data):
+    finished = task.after_training(model, train_data)
+    for done in finished:
         logger.info("Final model: %s", done)
-    if best is not model:
+    if best_is_final:
+        best = model
+        if finished and has_best:
+            model.save(best_path)
+    else:
         finished = task.after_training(best, train_data)
         for done in finished:
             logger.info("Best model: %s", done)
@@ -516,6 +525,13 @@ def _train(config, resume, verbose, callbacks, progress):
         "epochs": config["epochs"],
         "skipped_rows": report.num_bad,
     }
+
+
+def _same_weights(a, b):
+    first, second = a.get_weights(), b.get_weights()
+    return len(first) == len(second) and all(
+        np.array_equal(x, y) for x, y in zip(first, second, strict=True)
+    )
 
 
 def _build(config, tokenizer, num_classes):
