@@ -203,6 +203,44 @@ def test_check_finds_every_bad_row_with_its_line_and_reason(messy):
     }
 
 
+def test_a_check_of_unchanged_files_is_kept_and_a_changed_file_checked_again(
+    tmp_path,
+):
+    # `mmzoo demo` checks the same manifests for each of its six models.
+    rows = []
+    for index in range(3):
+        image = tmp_path / f"{index}.png"
+        data_fixtures.write_image(image, seed=index)
+        rows.append({"image": str(image), "text": "a shape", "label": "red"})
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    hour_ago = os.stat(manifest).st_mtime - 3600
+    for index in range(3):
+        os.utime(tmp_path / f"{index}.png", (hour_ago, hour_ago))
+
+    first = check_manifest(manifest, keep_images=(8, "stretch"))
+    again = check_manifest(manifest, keep_images=(8, "stretch"))
+    assert again.images is first.images  # not decoded again
+    assert not first.images.flags.writeable  # shared, so read-only
+    assert len(again.good) == 3 and not again.problems
+    other_size = check_manifest(manifest, keep_images=(16, "stretch"))
+    assert other_size.images.shape == (3, 16, 16, 3)
+
+    # Rewritten: corrupt now, and a newer time (though an hour old).
+    data_fixtures.write_corrupt_png(tmp_path / "1.png")
+    os.utime(tmp_path / "1.png", (hour_ago + 60, hour_ago + 60))
+    changed = check_manifest(manifest, keep_images=(8, "stretch"))
+    assert [p.reason for p in changed.problems] == ["undecodable_image"]
+    assert changed.good == [0, 2]
+    # A file written just now is checked each time, never kept.
+    data_fixtures.write_image(tmp_path / "1.png", seed=1)
+    fresh = check_manifest(manifest, keep_images=(8, "stretch"))
+    assert check_manifest(manifest, keep_images=(8, "stretch")).images is not (
+        fresh.images
+    )
+    assert len(fresh.good) == 3
+
+
 def test_problem_details_say_what_is_wrong(messy):
     path, _ = messy
     details = {p.reason: p.detail for p in check_manifest(path).problems}

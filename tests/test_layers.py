@@ -10,6 +10,7 @@ from keras.applications import densenet
 from keras.applications import resnet_v2
 from keras.applications import vgg16
 
+from mmzoo.layers import BatchNormalization
 from mmzoo.layers import ImagePreprocessing
 from mmzoo.layers import MaskedPooling
 from mmzoo.layers import ModalityDropout
@@ -441,3 +442,52 @@ def test_recalibrate_batch_norm_averages_the_batches():
     assert recalibrate_batch_norm(keras.Sequential([keras.layers.Dense(2)]), data) == 0
     with pytest.raises(ValueError, match="no rows"):
         recalibrate_batch_norm(model, {"x": data[:0]})
+
+
+def test_fused_batch_norm_trains_as_keras_batch_norm_does():
+    # One fused kernel on TensorFlow; the same outputs, gradients and
+    # moving statistics as Keras' own layer, whose weights it loads.
+    x = tf.random.stateless_normal((8, 5, 5, 6), (RNG_SEED, 1)) * 3.0 + 1.0
+    reference = keras.layers.BatchNormalization(momentum=0.9)
+    fused = BatchNormalization(momentum=0.9)
+    reference.build(x.shape)
+    fused.build(x.shape)
+    reference.gamma.assign(tf.random.stateless_normal((6,), (RNG_SEED, 2)))
+    reference.beta.assign(tf.random.stateless_normal((6,), (RNG_SEED, 3)))
+    fused.set_weights(reference.get_weights())
+    weights = tf.range(6, dtype=tf.float32)
+    outputs, gradients = [], []
+    for layer in (reference, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.square(y) * weights)
+        outputs.append(y.numpy())
+        gradients.append(
+            [g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta])]
+        )
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    for mine, theirs in zip(gradients[1], gradients[0], strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
+    for mine, theirs in zip(fused.weights, reference.weights, strict=True):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        fused(x, training=False).numpy(),
+        reference(x, training=False).numpy(),
+        atol=1e-5,
+    )
+
+
+def test_fused_batch_norm_falls_back_where_the_kernel_does_not_apply():
+    layer = BatchNormalization(momentum=0.0)
+    assert isinstance(layer, keras.layers.BatchNormalization)
+    # 3-D inputs (a sequence) are Keras' path; its statistics all the same.
+    x = tf.random.stateless_normal((4, 7, 3), (RNG_SEED, 4))
+    layer(x, training=True)
+    mean, variance = tf.nn.moments(x, axes=[0, 1])
+    np.testing.assert_allclose(layer.moving_mean.numpy(), mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), variance.numpy(), atol=1e-5
+    )
+    restored = BatchNormalization.from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import re
+import time
 
 import keras
 import numpy as np
@@ -248,8 +249,56 @@ def check_manifest(
     )
 
 
+# `mmzoo demo` trains six models on the same three manifests, and each
+# run checked (and decoded) the same images again: 9 s of a 60-s model.
+# The last few checks of image files are kept, keyed by every file's path,
+# size and modification time, so a file that changes is checked again.
+_KEPT_CHECKS = collections.OrderedDict()
+_KEPT_CHECKS_MAX = 4
+
+
 def _check_images(reader, keys, max_pixels, decode, keep_images, progress, strict):
     """{key: (reason, detail)} for bad images, and the kept pixels."""
+    kept = _kept_check_key(reader, keys, (max_pixels, decode, keep_images, strict))
+    if kept in _KEPT_CHECKS:
+        _KEPT_CHECKS.move_to_end(kept)
+        problems, decoded = _KEPT_CHECKS[kept]
+        return dict(problems), decoded
+    problems, decoded = _run_image_checks(
+        reader, keys, max_pixels, decode, keep_images, progress, strict
+    )
+    if kept is not None:
+        if decoded is not None:
+            # Shared by later runs: nobody may write into it.
+            decoded.flags.writeable = False
+        _KEPT_CHECKS[kept] = (dict(problems), decoded)
+        while len(_KEPT_CHECKS) > _KEPT_CHECKS_MAX:
+            _KEPT_CHECKS.popitem(last=False)
+    return problems, decoded
+
+
+def _kept_check_key(reader, keys, arguments):
+    """What identifies a check of image files; `None` for images inside
+    records (a TFRecord shard is read as a stream) and for files written
+    in the last few seconds (a file rewritten at once could keep its size
+    and, on a coarse clock, its time)."""
+    if reader.images_inside:
+        return None
+    recent = time.time_ns() - 5 * 10**9
+    files = []
+    for path in keys:
+        try:
+            status = os.stat(path)
+        except OSError:
+            files.append((path, None, None))
+            continue
+        if status.st_mtime_ns > recent:
+            return None
+        files.append((path, status.st_size, status.st_mtime_ns))
+    return arguments, tuple(files)
+
+
+def _run_image_checks(reader, keys, max_pixels, decode, keep_images, progress, strict):
     # Stage 2, the header of every image: the guard of
     # `mmzoo.data.images.check_image`, which every other entry point applies.
     problems = reader.image_problems(keys, max_pixels)

@@ -6,6 +6,7 @@ import keras
 
 from mmzoo import registry
 from mmzoo.checks import check_choice
+from mmzoo.layers import BatchNormalization
 from mmzoo.layers import ImagePreprocessing
 
 POOLINGS = ("avg", "max", None)
@@ -116,7 +117,7 @@ def small_cnn(image_size, filters=(32, 64, 128), weights=None):
         x = keras.layers.Conv2D(
             width, 3, padding="same", use_bias=False, name=f"block{block}_conv"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = BatchNormalization(name=f"block{block}_bn")(x)
         x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     model = keras.Model(image, x, name="small_cnn")
