@@ -13,8 +13,10 @@ Validation data is 10% of the training images (all their questions), held
 out so that the test split is only used for the final figures.
 """
 
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -56,6 +58,11 @@ SETTINGS = {
     },
 }
 QUICK = {"epochs": 1, "model": {"image_filters": [8, 16], "head_units": [32]}}
+
+# One small model trains on about 1.2 of 2 cores (its ops are too small to
+# split well), so two at a time, each on one core, finish the demo sooner;
+# see benchmarks/RESULTS.md.
+WORKERS = 2
 
 # The margin over the better baseline that counts as "wide", and the test
 # accuracy the best fusion should reach (FACTS: the public Keras reference
@@ -169,7 +176,12 @@ def export_table(figures):
 
 
 def run_demo(
-    out="runs/demo", quick=False, seed=0, models=None, savedmodels="savedmodels"
+    out="runs/demo",
+    quick=False,
+    seed=0,
+    models=None,
+    savedmodels="savedmodels",
+    workers=None,
 ):
     """Train and compare the demo's models; print and write the results.
 
@@ -184,6 +196,9 @@ def run_demo(
             exported there as `easy_vqa/<next version>` and to TFLite
             (float32 and int8) in its run folder, with parity figures.
             `None` skips the export.
+        workers: processes that train models side by side, each on its
+            share of the cores. Default `WORKERS`; 1 trains them one after
+            the other in this process.
 
     Returns:
         The process exit status: 0 when the best fusion beats both
@@ -205,31 +220,19 @@ def run_demo(
     settings = {**SETTINGS, **(QUICK if quick else {})}
     settings["model"] = {**SETTINGS["model"], **(QUICK["model"] if quick else {})}
 
-    results = {}
-    for name in models or MODELS:
-        text_tower, fusion = MODELS[name]
-        logger.info("Training %s (small_cnn + %s, %s)", name, text_tower, fusion)
-        result = trainer.train(
-            train=train_path,
-            val=val_path,
-            test=test_path,
-            image_tower="small_cnn",
-            text_tower=text_tower,
-            fusion=fusion,
-            seed=seed,
-            out=os.path.join(out, name),
-            verbose=0 if quick else "auto",
-            **settings,
-        )
-        test = result["metrics"]["test"]
-        results[name] = {
-            "text_tower": text_tower,
-            "fusion": fusion,
-            "accuracy": test["accuracy"],
-            "macro_f1": test["macro_f1"],
-            "parameters": result["parameters"],
-            "train_seconds": round(result["train_seconds"], 1),
-        }
+    names = list(models or MODELS)
+    arguments = {
+        "paths": (train_path, val_path, test_path),
+        "seed": seed,
+        "out": out,
+        "verbose": 0 if quick else "auto",
+        "settings": settings,
+    }
+    workers = min(len(names), WORKERS if workers is None else workers)
+    if workers > 1:
+        results = _train_side_by_side(names, workers, arguments)
+    else:
+        results = {name: _train_model(name, **arguments) for name in names}
     summary = _summarize(results, quick)
     if summary.get("best_fusion") and savedmodels:
         logger.info("Exporting %s", summary["best_fusion"])
@@ -246,6 +249,64 @@ def run_demo(
         file.write(table + "\n")
     print(table)
     return 0 if quick or summary["target_met"] else 1
+
+
+def _train_model(name, paths, seed, out, verbose, settings):
+    """Train one of `MODELS`; its row of the results."""
+    text_tower, fusion = MODELS[name]
+    logger.info("Training %s (small_cnn + %s, %s)", name, text_tower, fusion)
+    train_path, val_path, test_path = paths
+    result = trainer.train(
+        train=train_path,
+        val=val_path,
+        test=test_path,
+        image_tower="small_cnn",
+        text_tower=text_tower,
+        fusion=fusion,
+        seed=seed,
+        out=os.path.join(out, name),
+        verbose=verbose,
+        **settings,
+    )
+    test = result["metrics"]["test"]
+    return {
+        "text_tower": text_tower,
+        "fusion": fusion,
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "parameters": result["parameters"],
+        "train_seconds": round(result["train_seconds"], 1),
+    }
+
+
+def _train_side_by_side(names, workers, arguments):
+    """`_train_model` for each name in `workers` fresh processes; the
+    results in the order of `names`."""
+    cores = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
+    with concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(cores, logging.getLogger().getEffectiveLevel()),
+    ) as pool:
+        # The slowest first, so that no worker is left with it at the end.
+        order = sorted(names, key=lambda name: -_COST.get(MODELS[name][1], 1))
+        futures = {name: pool.submit(_train_model, name, **arguments) for name in order}
+        return {name: futures[name].result() for name in names}
+
+
+# Training time relative to concat (benchmarks/RESULTS.md): the order in
+# which the workers take the models.
+_COST = {"cross_attention": 2.5, "gated": 1.1, "text_only": 0.2}
+
+
+def _start_worker(cores, level):
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
 
 
 def head_manifest(path, folder, rows):
