@@ -126,7 +126,10 @@ def test_gpu_command_runs_on_jax_without_tensorflow(tmp_path):
     result = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), "run", str(out)]
         + [flag for flag in TINY if not flag.startswith("--calls")]
-        + ["--precisions=float32,mixed_bfloat16", "--parts=throughput,tflite"],
+        # One precision, the GPU sweep's fragile one (float32 is every other
+        # test's); test_gpu_suite_is_the_issue_sweep checks the sweep asks
+        # for both.
+        + ["--precisions=mixed_bfloat16", "--parts=throughput,tflite"],
         capture_output=True,
         text=True,
         env={**ENV, "PYTHONPATH": str(stub.parent)},
@@ -137,16 +140,14 @@ def test_gpu_command_runs_on_jax_without_tensorflow(tmp_path):
     assert results["suite"] == "gpu"
     assert results["machine"]["backend"] == "jax"
     rows = results["throughput"]
-    # Each precision's group: the bare tower, then the fused model.
+    # The bare tower, then the fused model.
     assert [(row["fusion"], row["precision"]) for row in rows] == [
-        (BARE, "float32"),
-        ("concat", "float32"),
         (BARE, "mixed_bfloat16"),
         ("concat", "mixed_bfloat16"),
     ]
     assert all("error" not in row and row["xla"] for row in rows)  # JAX is XLA
     assert all(row["forward_gflops_per_image"] > 0 for row in rows)  # XLA's
-    assert len(results["overhead"]) == 2
+    assert len(results["overhead"]) == 1
     assert "TensorFlow" in results["skipped"]["tflite"]
     assert "tflite" not in results
     assert "## Training and inference throughput" in (out / "results.md").read_text()

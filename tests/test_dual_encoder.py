@@ -485,7 +485,11 @@ def test_negatives_are_gathered_from_every_replica():
         result = results[name]
         # Summed over the replicas: the single-device loss and gradients.
         assert result["mirrored"] == pytest.approx(result["single"], abs=1e-5), name
-        assert result["gradient_error"] < 1e-5, (name, result)
+        # float32 sums in another order: relative to the gradient's size.
+        assert result["gradient_error"] < 1e-5 * max(1.0, result["gradient_size"]), (
+            name,
+            result,
+        )
         assert result["gradient_size"] > 1e-3
     # Without gathering, each replica's loss sees only its own rows.
     local = results["clip_False_7"]

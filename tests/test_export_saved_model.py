@@ -436,7 +436,9 @@ def test_mixed_precision_model_exports_float32_outputs(tmp_path, images):
             assert spec.dtype in (tf.float32, tf.string), (signature, name)
     expected = keras_outputs(run.model, run.tokenizer, images, TEXTS, 32)
     result = serve(loaded, images, TEXTS)
-    assert max_difference(result, expected, list(expected)) <= 1e-5
+    # float16 arithmetic (resolution 1e-3) in both, in kernels that differ
+    # by CPU (2.2e-5 on an AVX512-FP16 machine): within a tenth of that.
+    assert max_difference(result, expected, list(expected)) <= 1e-4
 
 
 def test_wordpiece_model_loads_with_tensorflow_text_ops(tmp_path, images):
