@@ -109,12 +109,14 @@ def _data_easy_vqa(args):
     return 0
 
 
+# The command line's log lines; `mmzoo demo`'s worker processes log alike.
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
 def _configure_logging():
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def _train(args):

@@ -302,8 +302,11 @@ _COST = {"cross_attention": 2.5, "gated": 1.1, "text_only": 0.2}
 
 
 def _start_worker(cores, level):
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     import tensorflow as tf
+
+    from mmzoo.cli import LOG_FORMAT
+
+    logging.basicConfig(level=level, format=LOG_FORMAT)
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
